@@ -1,0 +1,53 @@
+"""Device resolution: ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` or a ``torch.device``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from .errors import DeviceError
+
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(?::(\d+))?)$")
+
+
+def resolve_device(device: Any = "auto") -> torch.device:
+    """Return the ``torch.device`` for ``device``; ``"auto"`` picks ``cuda`` when available, else ``cpu``.
+
+    Raises :class:`DeviceError` for an unknown name, or a device this machine does not have.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        text = str(device)
+    elif isinstance(device, str):
+        text = device.strip().lower()
+    else:
+        raise DeviceError(
+            f"device={device!r} of type {type(device).__name__} is not understood; expected 'auto', 'cpu', 'cuda', "
+            "'cuda:N', 'mps' or a torch.device."
+        )
+    m = _DEVICE_RE.match(text)
+    if not m:
+        raise DeviceError(f"device={device!r} is unknown; expected one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'.")
+    kind = m.group(1).split(":")[0]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device={device!r} was requested but CUDA is not available (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'none'}); use device='cpu' or 'auto', or install a CUDA build "
+                "of torch on a machine with an NVIDIA GPU."
+            )
+        index = int(m.group(2)) if m.group(2) is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device={device!r} asks for GPU {index} but this machine has {torch.cuda.device_count()} "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})."
+            )
+        return torch.device("cuda", index)
+    if kind == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceError(f"device={device!r} was requested but Apple MPS is not available; use 'cpu' or 'auto'.")
+        return torch.device("mps")
+    return torch.device("cpu")

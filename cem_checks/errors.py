@@ -1,0 +1,55 @@
+"""Typed errors and warnings raised by :mod:`cem_checks`.
+
+Every caller error says what was wrong, the value received, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class CEMError(Exception):
+    """Base class of every error raised by cem_checks."""
+
+
+class CEMInputError(CEMError, ValueError):
+    """An argument of the caller is invalid (wrong type, shape, range or combination)."""
+
+
+class ROIError(CEMInputError):
+    """The region of interest does not fit the output image or is not aligned with the scale."""
+
+
+class PatchBankError(CEMInputError):
+    """The natural patch bank is empty, of the wrong shape or of the wrong dtype."""
+
+
+class ImageError(CEMInputError):
+    """The image cannot be read or has an unsupported shape, dtype or range."""
+
+
+class DeviceError(CEMError, RuntimeError):
+    """The requested device is unknown or not available on this machine."""
+
+
+class ModelError(CEMError, RuntimeError):
+    """The model failed when called, or returned an output of the wrong shape or non-finite values."""
+
+
+class CEMWarning(UserWarning):
+    """Base class of warnings emitted by cem_checks."""
+
+
+class NondeterministicModelWarning(CEMWarning):
+    """Two identical forward passes of the model gave different outputs."""
+
+
+class ImageConversionWarning(CEMWarning):
+    """The image was converted in a way that changes what a viewer would see (e.g. translucent alpha)."""
+
+
+def describe_value(value: object, limit: int = 80) -> str:
+    """A short, single-line description of ``value`` for error messages."""
+    text = repr(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        text = f"{type(value).__name__}(shape={tuple(value.shape)}, dtype={value.dtype})"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,295 @@
+"""The result of a causal effect map: :class:`CEMResult`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CEMInputError
+from .grid import ROI, BlockGrid
+
+FORMAT_VERSION = 1
+
+#: Per-block arrays of a result, each (rows, cols) except ``samples_db`` (rows, cols, max_draws).
+ARRAY_FIELDS = (
+    "effect",
+    "raw_effect",
+    "stderr",
+    "n_samples",
+    "ci_low",
+    "ci_high",
+    "support",
+    "flagged",
+    "roi_mask",
+    "distance",
+    "samples_db",
+)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+@dataclass(frozen=True, eq=False)
+class CEMResult:
+    """A causal effect map over the blocks of the model input. Arrays are read-only numpy arrays.
+
+    Per block, shape (rows, cols):
+
+    - ``effect`` float64 dB: causal effect after zeroing ``|raw_effect| < tol_db``. Positive: the block's real
+      content helps the ROI (random natural content lowers the ROI PSNR); negative: it hurts.
+    - ``raw_effect`` float64 dB: baseline ROI PSNR minus the mean ROI PSNR over the estimating draws.
+    - ``stderr`` float64 dB: standard error of that mean (NaN with fewer than two draws).
+    - ``ci_low`` / ``ci_high`` float64 dB: 95 % Student-t confidence interval of ``raw_effect``.
+    - ``n_samples`` int64: draws behind ``raw_effect`` (paper mode: ``fine`` for flagged blocks, else ``coarse``).
+    - ``samples_db`` float64 (rows, cols, max_draws): the per-draw PSNR drops behind ``raw_effect``, NaN-padded.
+    - ``support`` bool: at least one draw changed the ROI output at all (bit-exact comparison against a
+      baseline computed under the same batch shape).
+    - ``flagged`` bool: a coarse draw moved the ROI PSNR by >= ``tol_db`` (the block got the fine draws).
+    - ``roi_mask`` bool: the block overlaps the ROI footprint in input coordinates.
+    - ``distance`` int64 input px: Chebyshev gap from the block to the ROI footprint (0 overlapping,
+      1 adjacent); a model of receptive-field radius r can only affect blocks with distance <= r.
+
+    Scalars: ``base_psnr`` (dB, baseline ROI PSNR), ``block_size`` (input px), ``scale``, ``roi`` (output px),
+    ``task`` (name, e.g. ``"dn50"``) with ``task_params``, ``seed``, ``mode``, ``coarse``, ``fine``, ``tol_db``,
+    ``forward_passes`` (images sent through the model), ``forward_calls``, ``pixels_processed`` (input pixels
+    sent through the model), ``wall_s``, ``device``, ``input_shape`` / ``output_shape`` ((h, w)),
+    ``patch_bank`` (source, count, hash), ``model`` (a name) and ``meta`` (free-form, JSON-safe).
+    """
+
+    effect: np.ndarray
+    raw_effect: np.ndarray
+    stderr: np.ndarray
+    n_samples: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    support: np.ndarray
+    flagged: np.ndarray
+    roi_mask: np.ndarray
+    distance: np.ndarray
+    samples_db: np.ndarray
+    base_psnr: float
+    block_size: int
+    scale: int
+    roi: ROI
+    task: str
+    seed: int
+    mode: str
+    tol_db: float = 0.01
+    coarse: int = 3
+    fine: int = 50
+    forward_passes: int = 0
+    forward_calls: int = 0
+    pixels_processed: int = 0
+    wall_s: float = 0.0
+    device: str = "cpu"
+    input_shape: tuple = (0, 0)
+    output_shape: tuple = (0, 0)
+    task_params: dict = field(default_factory=dict)
+    patch_bank: dict = field(default_factory=dict)
+    model: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        shape = np.shape(self.effect)
+        if len(shape) != 2:
+            raise CEMInputError(f"CEMResult.effect must be 2-D (rows, cols); got shape {shape}.")
+        for name in ARRAY_FIELDS:
+            arr = np.asarray(getattr(self, name))
+            want = shape if name != "samples_db" else shape + arr.shape[2:]
+            if arr.shape[:2] != shape or (name == "samples_db" and arr.ndim != 3) or (name != "samples_db" and arr.shape != want):
+                raise CEMInputError(f"CEMResult.{name} has shape {arr.shape}; expected {shape}{' + (draws,)' if name == 'samples_db' else ''}.")
+            object.__setattr__(self, name, _readonly(arr))
+        object.__setattr__(self, "roi", ROI.parse(self.roi))
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "output_shape", tuple(int(v) for v in self.output_shape))
+
+    # ----------------------------------------------------------------------------------------- shape
+    @property
+    def rows(self) -> int:
+        return int(self.effect.shape[0])
+
+    @property
+    def cols(self) -> int:
+        return int(self.effect.shape[1])
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.rows * self.block_size, self.cols * self.block_size, self.block_size)
+
+    # ------------------------------------------------------------------------------ hand-built maps
+    @classmethod
+    def from_effects(
+        cls,
+        effect: Any,
+        *,
+        roi: Any,
+        block_size: int,
+        scale: int = 1,
+        stderr: Any = None,
+        n_samples: Any = None,
+        support: Any = None,
+        task: str = "custom",
+        seed: int = 0,
+        mode: str = "manual",
+        tol_db: float = 0.01,
+        **kwargs: Any,
+    ) -> "CEMResult":
+        """Build a result from a (rows, cols) effect map in dB, e.g. to test metrics on a known map.
+
+        ``distance`` and ``roi_mask`` are derived from ``roi`` (output px), ``block_size`` (input px) and
+        ``scale``. Defaults: ``stderr`` 0, ``n_samples`` 1, ``support`` = ``effect != 0``; ``raw_effect`` =
+        ``effect``; the CI is ``effect +- 1.96 * stderr``; ``samples_db`` holds ``effect`` once.
+        """
+        eff = np.asarray(effect, dtype=np.float64)
+        if eff.ndim != 2:
+            raise CEMInputError(f"effect must be a 2-D (rows, cols) map; got shape {eff.shape}.")
+        rows, cols = eff.shape
+        grid = BlockGrid(rows * block_size, cols * block_size, block_size)
+        roi = ROI.parse(roi)
+        roi.validate((grid.height * scale, grid.width * scale), scale)
+        distance = grid.distance(roi.footprint(scale))
+        se = np.zeros_like(eff) if stderr is None else np.broadcast_to(np.asarray(stderr, dtype=np.float64), eff.shape)
+        n = np.ones(eff.shape, np.int64) if n_samples is None else np.broadcast_to(np.asarray(n_samples, np.int64), eff.shape)
+        sup = (eff != 0) if support is None else np.broadcast_to(np.asarray(support, bool), eff.shape)
+        base = dict(
+            effect=eff,
+            raw_effect=eff,
+            stderr=se,
+            n_samples=n,
+            ci_low=eff - 1.96 * se,
+            ci_high=eff + 1.96 * se,
+            support=sup,
+            flagged=np.abs(eff) >= tol_db,
+            roi_mask=distance == 0,
+            distance=distance,
+            samples_db=eff[..., None],
+            base_psnr=kwargs.pop("base_psnr", float("nan")),
+            block_size=block_size,
+            scale=scale,
+            roi=roi,
+            task=task,
+            seed=seed,
+            mode=mode,
+            tol_db=tol_db,
+            input_shape=(grid.height, grid.width),
+            output_shape=(grid.height * scale, grid.width * scale),
+        )
+        base.update(kwargs)
+        return cls(**base)
+
+    # ------------------------------------------------------------------------------------ exports
+    def settings(self) -> dict[str, Any]:
+        """The run's settings: task, seed, mode, device, budgets and costs."""
+        return {
+            "task": self.task,
+            "seed": self.seed,
+            "mode": self.mode,
+            "device": self.device,
+            "block_size": self.block_size,
+            "scale": self.scale,
+            "roi": list(self.roi.as_tuple()),
+            "tol_db": self.tol_db,
+            "coarse": self.coarse,
+            "fine": self.fine,
+            "forward_passes": self.forward_passes,
+            "wall_s": self.wall_s,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field (arrays as nested lists, NaN/inf as None)."""
+        rec: dict[str, Any] = {"format_version": FORMAT_VERSION}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            rec[f.name] = list(v.as_tuple()) if isinstance(v, ROI) else _json_safe(v)
+        return rec
+
+    def to_frame(self):
+        """A tidy pandas DataFrame, one row per block (row-major), with units in the column names."""
+        import pandas as pd
+
+        rows, cols = np.divmod(np.arange(self.rows * self.cols), self.cols)
+        b = self.block_size
+        return pd.DataFrame(
+            {
+                "row": rows.astype(np.int64),
+                "col": cols.astype(np.int64),
+                "top_px": (rows * b).astype(np.int64),
+                "left_px": (cols * b).astype(np.int64),
+                "distance_px": self.distance.ravel().astype(np.int64),
+                "in_roi": self.roi_mask.ravel().astype(bool),
+                "effect_db": self.effect.ravel().astype(np.float64),
+                "raw_effect_db": self.raw_effect.ravel().astype(np.float64),
+                "stderr_db": self.stderr.ravel().astype(np.float64),
+                "ci_low_db": self.ci_low.ravel().astype(np.float64),
+                "ci_high_db": self.ci_high.ravel().astype(np.float64),
+                "n_samples": self.n_samples.ravel().astype(np.int64),
+                "support": self.support.ravel().astype(bool),
+                "flagged": self.flagged.ravel().astype(bool),
+            }
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to ``path`` (``.npz``: the arrays plus a JSON ``meta`` entry; no pickle)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ARRAY_FIELDS}
+        meta["roi"] = list(self.roi.as_tuple())
+        meta["format_version"] = FORMAT_VERSION
+        arrays = {name: getattr(self, name) for name in ARRAY_FIELDS}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CEMResult":
+        """Read a result written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise CEMInputError(f"no CEM result file at {str(path)!r}; pass the path written by CEMResult.save().")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["__meta__"]))
+                arrays = {name: data[name] for name in ARRAY_FIELDS}
+        except (KeyError, ValueError, OSError) as exc:
+            raise CEMInputError(f"{str(path)!r} is not a CEM result file written by CEMResult.save(): {exc}.") from exc
+        version = meta.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise CEMInputError(
+                f"{str(path)!r} has result format version {version!r}; this cem_checks reads version {FORMAT_VERSION}. "
+                "Recompute the map with this version."
+            )
+        meta["roi"] = ROI(*meta["roi"])
+        for key in ("base_psnr", "wall_s", "tol_db"):
+            if meta.get(key) is None:
+                meta[key] = float("nan")
+        return cls(**arrays, **meta)

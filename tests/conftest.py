@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data beside the checkout (../shared/data); tests that use it skip when it is absent."""
+    if not (SHARED / "dncnn_color_blind.pth").is_file():
+        pytest.skip(f"real data not found at {SHARED} (pretrained DnCNN, demo images)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def natural32() -> np.ndarray:
+    """A 32x32 RGB uint8 crop of a bundled natural image."""
+    import cem_checks
+
+    img = cem_checks.load_image(cem_checks.bundled_images()["astronaut"])
+    return (img[:, 180:212, 200:232].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
