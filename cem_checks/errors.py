@@ -53,3 +53,15 @@ def describe_value(value: object, limit: int = 80) -> str:
         text = f"{type(value).__name__}(shape={tuple(value.shape)}, dtype={value.dtype})"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class BaselineError(CEMInputError):
+    """A regression baseline file is unreadable, incomplete, of another format version, or wrongly requested."""
+
+
+class CacheWarning(CEMWarning):
+    """A cache file was unreadable or corrupted and is ignored (its work is recomputed)."""
+
+
+class PrecisionWarning(CEMWarning):
+    """Reduced precision (bf16/fp16) moves ROI PSNR by more than the zero threshold; fp32 is the reference."""

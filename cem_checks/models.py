@@ -37,3 +37,55 @@ class DnCNN(nn.Module):
         net = cls(channels=first.shape[1], features=first.shape[0], depth=len(convs))
         net.load_state_dict(state_dict, strict=True)
         return net
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation channel attention: global average pooling -> bottleneck -> sigmoid gate."""
+
+    def __init__(self, features: int, reduction: int = 4):
+        super().__init__()
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(features, max(1, features // reduction), 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(max(1, features // reduction), features, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class RCANLite(nn.Module):
+    """A small RCAN-like SR network: residual blocks with channel attention, then pixel-shuffle upsampling.
+
+    The global average pooling of every channel-attention gate makes the receptive field global: any input
+    pixel can change every output pixel. Shapes: (B, 3, h, w) -> (B, 3, h * scale, w * scale).
+    """
+
+    def __init__(self, scale: int = 4, features: int = 16, blocks: int = 4, attention: bool = True):
+        super().__init__()
+        self.scale = scale
+        self.head = nn.Conv2d(3, features, 3, padding=1)
+        body: list[nn.Module] = []
+        for _ in range(blocks):
+            body.append(_ResidualBlock(features, attention))
+        self.body = nn.Sequential(*body)
+        self.tail = nn.Sequential(nn.Conv2d(features, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = nn.functional.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        f = self.head(x)
+        return up + self.tail(f + self.body(f))
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, features: int, attention: bool):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(features, features, 3, padding=1)
+        )
+        self.attention = ChannelAttention(features) if attention else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attention(self.conv(x))

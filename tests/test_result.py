@@ -85,5 +85,5 @@ def test_from_effects_derives_geometry():
 
 def test_settings_summary(result):
     s = result.settings()
-    assert s["seed"] == 4 and s["mode"] == "paper" and s["device"] == "cpu" and s["roi"] == [8, 8, 8]
+    assert s["seed"] == 4 and s["mode"] == "fast" and s["device"] == "cpu" and s["roi"] == [8, 8, 8]
     assert isinstance(result.to_frame(), pd.DataFrame)

@@ -1,0 +1,623 @@
+"""Causal properties of a map: ``check_*`` functions return a :class:`PropertyOutcome`; their ``assert_*`` twins
+raise :class:`CausalPropertyError` (an ``AssertionError``) when the property does not hold, else return the
+outcome.
+
+Each property is a comparison ``metric(result, **params) <op> bound`` of a metric of
+:mod:`cem_checks.metrics`:
+
+================================  ==============================================================  ===========
+property                          comparison                                                      unit
+================================  ==============================================================  ===========
+``positive_effect_local``         ``effective_radius(mass, sign="positive") <= radius``           input px
+``negative_fraction_at_most``     ``negative_fraction(by) <= bound``                              share
+``receptive_field_within``        ``support_radius() <= radius`` (or ``max_reach``, see ``by``)   input px
+``uses_context_beyond``           ``context_share(beyond=radius) >= share``                       share
+``effect_range_between``          ``low_db <= effect_range_db() <= high_db``                      dB
+:func:`check_property`            any registered metric (see :data:`METRICS`) or a callable       any
+================================  ==============================================================  ===========
+
+A NaN measurement (an undefined metric, e.g. :func:`~cem_checks.metrics.gini` of an empty map) fails every
+comparison. Every outcome produced inside :func:`collect_outcomes` is also appended to its list, so a report
+can list the properties that passed as well as those that failed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import math
+import operator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import metrics as M
+from .errors import CEMInputError, describe_value
+from .result import CEMResult, _json_safe
+
+#: How many of the blocks that drive a measurement an outcome lists.
+WORST_BLOCKS = 5
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+}
+#: Accepted comparison operators; ``"between"`` takes a ``(low, high)`` bound, both ends included.
+OPS = tuple(_OPS) + ("between",)
+
+DEFAULT_MAP_HINT = (
+    "result.to_frame() lists every block (distance_px, effect_db, CI); result.save('cem_map.npz') keeps the map"
+)
+
+__all__ = [
+    "CausalPropertyError",
+    "METRICS",
+    "OPS",
+    "OffendingBlock",
+    "PropertyOutcome",
+    "assert_effect_range_between",
+    "assert_negative_fraction_at_most",
+    "assert_positive_effect_local",
+    "assert_property",
+    "assert_receptive_field_within",
+    "assert_uses_context_beyond",
+    "check_effect_range_between",
+    "check_negative_fraction_at_most",
+    "check_positive_effect_local",
+    "check_property",
+    "check_receptive_field_within",
+    "check_uses_context_beyond",
+    "collect_outcomes",
+    "MetricSpec",
+    "run_settings",
+    "with_map_hint",
+]
+
+
+# ------------------------------------------------------------------------------------------ outcomes
+@dataclass(frozen=True)
+class OffendingBlock:
+    """One block that drives a measurement: grid position, distance to the ROI (input px), effect and its CI (dB)."""
+
+    row: int
+    col: int
+    distance_px: int
+    effect_db: float
+    ci_low_db: float
+    ci_high_db: float
+    detail: str = ""
+
+    @classmethod
+    def of(cls, result: CEMResult, row: int, col: int, detail: str = "") -> "OffendingBlock":
+        return cls(
+            int(row),
+            int(col),
+            int(result.distance[row, col]),
+            float(result.effect[row, col]),
+            float(result.ci_low[row, col]),
+            float(result.ci_high[row, col]),
+            detail,
+        )
+
+    def describe(self) -> str:
+        ci = "no CI" if math.isnan(self.ci_low_db) else f"95% CI [{self.ci_low_db:+.3f}, {self.ci_high_db:+.3f}]"
+        extra = f"; {self.detail}" if self.detail else ""
+        return f"block (row {self.row}, col {self.col}) at {self.distance_px} px: {self.effect_db:+.3f} dB, {ci}{extra}"
+
+    def to_record(self) -> dict[str, Any]:
+        return _json_safe(
+            {
+                "row": self.row,
+                "col": self.col,
+                "distance_px": self.distance_px,
+                "effect_db": self.effect_db,
+                "ci_low_db": self.ci_low_db,
+                "ci_high_db": self.ci_high_db,
+                "detail": self.detail,
+            }
+        )
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if isinstance(value, (tuple, list)):
+        return " and ".join(_fmt(v, unit) for v in value)
+    v = float(value)
+    if math.isnan(v):
+        return "undefined (NaN)"
+    if unit == "px":
+        return f"{v:g} px"
+    if unit == "dB":
+        return f"{v:.4g} dB"
+    if unit == "share":
+        return f"{v:.4g} ({v * 100:.2f}%)"
+    if unit == "count":
+        return f"{v:g}"
+    return f"{v:.4g}{f' {unit}' if unit else ''}"
+
+
+@dataclass(frozen=True)
+class PropertyOutcome:
+    """The verdict on one causal property of one map.
+
+    ``measured <op> bound`` decided ``passed``; ``metric`` and ``params`` name the measurement, ``unit`` its unit
+    (``"px"`` input pixels, ``"dB"``, ``"share"`` a fraction in [0, 1], ``"count"``, or ``""``);
+    ``worst_blocks`` are the blocks that drive the measured value (for a failure: the offenders first);
+    ``settings`` the run's settings (model, task, roi, seed, mode, device, ...); ``note`` an optional remark;
+    ``map_hint`` where to see the map.
+    """
+
+    name: str
+    description: str
+    metric: str
+    params: dict
+    measured: Any
+    op: str
+    bound: Any
+    unit: str
+    passed: bool
+    worst_blocks: tuple = ()
+    settings: dict = field(default_factory=dict)
+    note: str = ""
+    map_hint: str = DEFAULT_MAP_HINT
+
+    @property
+    def expression(self) -> str:
+        """The measurement as a call, e.g. ``effective_radius(mass=0.9, sign='positive')``."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.metric}({args})"
+
+    @property
+    def bound_text(self) -> str:
+        if self.op == "between":
+            lo, hi = self.bound
+            return f"between {_fmt(lo, self.unit)} and {_fmt(hi, self.unit)} (inclusive)"
+        return f"{self.op} {_fmt(self.bound, self.unit)}"
+
+    def message(self) -> str:
+        """A multi-line report: property, measured value, bound, worst blocks, run settings, where the map is."""
+        s = self.settings
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"causal property {self.name!r} {verdict}: {self.description}",
+            f"  measured: {self.expression} = {_fmt(self.measured, self.unit)}",
+            f"  bound:    {self.bound_text}",
+        ]
+        if self.note:
+            lines.append(f"  note:     {self.note}")
+        if self.worst_blocks:
+            lines.append("  worst blocks:")
+            lines += [f"    {b.describe()}" for b in self.worst_blocks]
+        else:
+            lines.append("  worst blocks: none")
+        keys = ("model", "task", "roi", "block_size", "scale", "seed", "mode", "device")
+        run = " ".join(f"{k}={s[k]}" for k in keys if k in s and s[k] != "")
+        lines.append(f"  run:      {run}")
+        lines.append(f"  see the map: {self.map_hint}")
+        return "\n".join(lines)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-safe dict of the outcome (NaN/inf as None)."""
+        return _json_safe(
+            {
+                "name": self.name,
+                "description": self.description,
+                "metric": self.metric,
+                "params": self.params,
+                "expression": self.expression,
+                "measured": self.measured,
+                "op": self.op,
+                "bound": list(self.bound) if isinstance(self.bound, tuple) else self.bound,
+                "unit": self.unit,
+                "passed": self.passed,
+                "worst_blocks": [b.to_record() for b in self.worst_blocks],
+                "settings": self.settings,
+                "note": self.note,
+                "map_hint": self.map_hint,
+                "message": self.message(),
+            }
+        )
+
+    def to_frame(self):
+        """The worst blocks as a pandas DataFrame (one row per block; units in the column names)."""
+        import pandas as pd
+
+        cols = ["row", "col", "distance_px", "effect_db", "ci_low_db", "ci_high_db", "detail"]
+        return pd.DataFrame([[getattr(b, c) for c in cols] for b in self.worst_blocks], columns=cols)
+
+
+class CausalPropertyError(AssertionError):
+    """A causal property did not hold. ``outcome`` holds the structured :class:`PropertyOutcome`."""
+
+    def __init__(self, outcome: PropertyOutcome):
+        super().__init__(outcome.message())
+        self.outcome = outcome
+
+    def __reduce__(self):
+        return (type(self), (self.outcome,))
+
+
+# ----------------------------------------------------------------------------------------- collection
+_COLLECTORS: contextvars.ContextVar[tuple] = contextvars.ContextVar("cem_checks_collectors", default=())
+
+
+@contextmanager
+def collect_outcomes(map_hint: str | None = None) -> Iterator[list]:
+    """Collect, in order, every :class:`PropertyOutcome` produced by a ``check_*`` / ``assert_*`` call inside the
+    block (passes and failures; a failing ``assert_*`` is collected before it raises). Nested blocks each
+    collect. ``map_hint`` (e.g. where a report shows the map) replaces the default hint of the outcomes made
+    inside; the innermost hint given wins."""
+    if map_hint is not None and not isinstance(map_hint, str):
+        raise CEMInputError(f"map_hint={describe_value(map_hint)} must be a string or None.")
+    out: list = []
+    token = _COLLECTORS.set(_COLLECTORS.get() + ((out, map_hint),))
+    try:
+        yield out
+    finally:
+        _COLLECTORS.reset(token)
+
+
+def _map_hint(result: CEMResult) -> str:
+    for _, hint in reversed(_COLLECTORS.get()):
+        if hint is not None:
+            return hint
+    hint = result.meta.get("map_hint") if isinstance(result.meta, dict) else None
+    return hint if isinstance(hint, str) else DEFAULT_MAP_HINT
+
+
+def _finish(outcome: PropertyOutcome, raise_on_failure: bool) -> PropertyOutcome:
+    """Hand ``outcome`` to the active collectors; raise :class:`CausalPropertyError` if asked and it failed."""
+    for out, _ in _COLLECTORS.get():
+        out.append(outcome)
+    if raise_on_failure and not outcome.passed:
+        raise CausalPropertyError(outcome)
+    return outcome
+
+
+def run_settings(result: CEMResult) -> dict[str, Any]:
+    """The settings an outcome reports: ``result.settings()`` plus the model name."""
+    s = dict(result.settings())
+    s["roi"] = tuple(result.roi.as_tuple())
+    s["model"] = result.model
+    return s
+
+
+# ------------------------------------------------------------------------------- which blocks to list
+def _top(result: CEMResult, candidates: np.ndarray, keys: Sequence[np.ndarray], k: int = WORST_BLOCKS) -> tuple:
+    """The first ``k`` candidate blocks ordered by ``keys`` (each (rows, cols), descending, first key first)."""
+    idx = np.flatnonzero(candidates)
+    if idx.size == 0:
+        return ()
+    order = np.lexsort(tuple(-np.asarray(key, np.float64).ravel()[idx] for key in reversed(keys)))
+    chosen = idx[order][:k]
+    return tuple(OffendingBlock.of(result, *divmod(int(i), result.cols)) for i in chosen)
+
+
+def _effect_map(result: CEMResult, params: dict, default_significant: bool = False) -> np.ndarray:
+    sig = params.get("significant", default_significant)
+    return M.significant_effect(result) if sig else np.asarray(result.effect)
+
+
+def _sel(result: CEMResult, params: dict) -> np.ndarray:
+    return M.selection(result, params.get("include_roi", False))
+
+
+def _worst_radius(result, params, op, bound):
+    e = _effect_map(result, params)
+    w = M._weights(e, params.get("sign", "positive"))
+    cand = _sel(result, params) & (w > 0)
+    d = result.distance
+    radius = params.get("radius")
+    if radius is None and op in ("<", "<=") and not isinstance(bound, tuple):
+        radius = bound
+    if radius is not None and (cand & (d > radius)).any():
+        return _top(result, cand & (d > radius), [w, d])
+    return _top(result, cand, [d, w])
+
+
+def _worst_context(result, params, op, bound):
+    a = np.abs(_effect_map(result, params))
+    cand = _sel(result, params) & (a > 0) & (result.distance > params.get("beyond", 0))
+    return _top(result, cand, [a, result.distance])
+
+
+def _worst_signed(sign: int):
+    def worst(result, params, op, bound):
+        e = _effect_map(result, params) * sign
+        return _top(result, _sel(result, params) & (e > 0), [e, result.distance])
+
+    return worst
+
+
+def _worst_reach(result, params, op, bound):
+    e = _effect_map(result, params, default_significant=True)
+    return _top(result, _sel(result, params) & (e != 0), [result.distance, np.abs(e)])
+
+
+def _worst_support(result, params, op, bound):
+    return _top(result, _sel(result, params) & result.support, [result.distance, np.abs(result.effect)])
+
+
+def _worst_range(result, params, op, bound):
+    e = _effect_map(result, params)
+    sel = _sel(result, params)
+    hi = _top(result, sel, [e], 1)
+    lo = _top(result, sel, [-e], 1)
+    return hi + tuple(b for b in lo if (b.row, b.col) != (hi[0].row, hi[0].col))
+
+
+def _worst_abs(result, params, op, bound):
+    a = np.abs(_effect_map(result, params))
+    return _top(result, _sel(result, params) & (a > 0), [a, result.distance])
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric that properties can compare: its function, unit and which blocks drive its value."""
+
+    func: Callable[..., float]
+    unit: str
+    worst: Callable[..., tuple] = _worst_abs
+
+
+#: The scalar metrics :func:`check_property` accepts by name.
+METRICS: dict[str, MetricSpec] = {
+    "effective_radius": MetricSpec(M.effective_radius, "px", _worst_radius),
+    "locality": MetricSpec(M.locality, "share", _worst_radius),
+    "context_share": MetricSpec(M.context_share, "share", _worst_context),
+    "negative_fraction": MetricSpec(M.negative_fraction, "share", _worst_signed(-1)),
+    "positive_fraction": MetricSpec(M.positive_fraction, "share", _worst_signed(+1)),
+    "max_reach": MetricSpec(M.max_reach, "px", _worst_reach),
+    "support_radius": MetricSpec(M.support_radius, "px", _worst_support),
+    "effect_range_db": MetricSpec(M.effect_range_db, "dB", _worst_range),
+    "gini": MetricSpec(M.gini, "", _worst_abs),
+    "diffusion_index": MetricSpec(M.diffusion_index, "", _worst_abs),
+}
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def _check_bound(op: str, bound: Any) -> Any:
+    if op not in OPS:
+        raise CEMInputError(f"op={op!r} is not a comparison; expected one of {', '.join(map(repr, OPS))}.")
+    is_num = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
+    if op == "between":
+        if not (isinstance(bound, (tuple, list)) and len(bound) == 2 and all(is_num(v) for v in bound)):
+            raise CEMInputError(f"bound={describe_value(bound)} must be a (low, high) pair of numbers for op='between'.")
+        lo, hi = float(bound[0]), float(bound[1])
+        if not lo <= hi:
+            raise CEMInputError(f"bound=({lo:g}, {hi:g}) has low > high (or a NaN); give (low, high) with low <= high.")
+        return (lo, hi)
+    if not is_num(bound) or math.isnan(float(bound)):
+        raise CEMInputError(f"bound={describe_value(bound)} must be a number for op={op!r}.")
+    return bound
+
+
+def _compare(measured: Any, op: str, bound: Any) -> bool:
+    v = float(measured)
+    if math.isnan(v):
+        return False
+    if op == "between":
+        return bound[0] <= v <= bound[1]
+    return bool(_OPS[op](v, bound))
+
+
+def _resolve_metric(metric: Any, params: dict) -> tuple[str, MetricSpec]:
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise CEMInputError(
+                f"metric={metric!r} is not a known metric; expected one of {', '.join(sorted(METRICS))}, or a "
+                "callable (result, **params) -> float."
+            )
+        name, spec = metric, METRICS[metric]
+    elif callable(metric):
+        name = getattr(metric, "__name__", type(metric).__name__)
+        spec = MetricSpec(metric, "", _worst_abs)
+    else:
+        raise CEMInputError(
+            f"metric={describe_value(metric)} must be a metric name (e.g. 'effective_radius') or a callable "
+            "(result, **params) -> float."
+        )
+    try:
+        inspect.signature(spec.func).bind(None, **params)
+    except TypeError as exc:
+        raise CEMInputError(
+            f"metric {name!r} does not take the parameters {sorted(params)} ({exc}); its signature is "
+            f"{name}{inspect.signature(spec.func)}."
+        ) from None
+    except ValueError:  # callables without an inspectable signature
+        pass
+    return name, spec
+
+
+def _evaluate(result: Any, metric: Any, op: str, bound: Any, params: dict, *, name: str | None,
+              description: str | None, note: str = "") -> PropertyOutcome:
+    result = M._check_result(result)
+    bound = _check_bound(op, bound)
+    metric_name, spec = _resolve_metric(metric, params)
+    measured = spec.func(result, **params)
+    if isinstance(measured, (np.integer, np.floating)):
+        measured = measured.item()
+    if isinstance(measured, bool) or not isinstance(measured, (int, float)):
+        raise CEMInputError(f"metric {metric_name!r} returned {describe_value(measured)}; a metric must return a number.")
+    passed = _compare(measured, op, bound)
+    if not note and math.isnan(float(measured)):
+        note = "the metric is undefined for this map (NaN: e.g. no effect mass outside the ROI), so the property fails"
+    outcome = PropertyOutcome(
+        name=name or metric_name,
+        description=description or f"{metric_name} {op} {bound!r}",
+        metric=metric_name,
+        params=dict(params),
+        measured=measured,
+        op=op,
+        bound=bound,
+        unit=spec.unit,
+        passed=passed,
+        worst_blocks=spec.worst(result, params, op, bound),
+        settings=run_settings(result),
+        note=note,
+        map_hint=_map_hint(result),
+    )
+    return outcome
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:g}%"
+
+
+# --------------------------------------------------------------------------------------- properties
+def check_property(result: CEMResult, metric: str | Callable[..., float], op: str, bound: Any, *,
+                   name: str | None = None, description: str | None = None, **params: Any) -> PropertyOutcome:
+    """Compare ``metric(result, **params)`` with ``bound`` using ``op`` (``"<"``, ``"<="``, ``">"``, ``">="``,
+    ``"=="``, or ``"between"`` with a ``(low, high)`` bound) and return the :class:`PropertyOutcome`.
+
+    ``metric`` is a name of :data:`METRICS` (e.g. ``"diffusion_index"``) or a callable ``(result, **params) ->
+    number``. ``name`` / ``description`` label the property in messages (defaults: the metric and the comparison).
+    """
+    return _finish(_evaluate(result, metric, op, bound, params, name=name, description=description), False)
+
+
+def assert_property(result: CEMResult, metric: str | Callable[..., float], op: str, bound: Any, *,
+                    name: str | None = None, description: str | None = None, **params: Any) -> PropertyOutcome:
+    """:func:`check_property`, raising :class:`CausalPropertyError` when the comparison fails."""
+    return _finish(_evaluate(result, metric, op, bound, params, name=name, description=description), True)
+
+
+def _positive_effect_local(result, radius, mass, significant, include_roi):
+    radius = M.check_radius("radius", radius)
+    mass = M.check_mass(mass)
+    return _evaluate(
+        result, "effective_radius", "<=", radius,
+        dict(mass=mass, sign="positive", significant=significant, include_roi=include_roi),
+        name="positive_effect_local",
+        description=f"at least {_pct(mass)} of the positive effect mass lies within {radius:g} px of the ROI",
+    )
+
+
+def check_positive_effect_local(result: CEMResult, radius: float, mass: float = 0.9, *, significant: bool = False,
+                                include_roi: bool = False) -> PropertyOutcome:
+    """Does at least ``mass`` of the positive effect lie within ``radius`` input px of the ROI?
+    (``effective_radius(result, mass, sign="positive") <= radius``; passes on a map without positive mass.)"""
+    return _finish(_positive_effect_local(result, radius, mass, significant, include_roi), False)
+
+
+def assert_positive_effect_local(result: CEMResult, radius: float, mass: float = 0.9, *, significant: bool = False,
+                                 include_roi: bool = False) -> PropertyOutcome:
+    """:func:`check_positive_effect_local`, raising :class:`CausalPropertyError` when it fails."""
+    return _finish(_positive_effect_local(result, radius, mass, significant, include_roi), True)
+
+
+def _negative_fraction_at_most(result, bound, by, significant, include_roi):
+    bound = M._check_number("bound", bound, low=0.0, high=1.0)
+    M._check_choice("by", by, M.BY)
+    what = "blocks" if by == "count" else "absolute effect mass"
+    sig = " significantly (95% CI below zero)" if significant else ""
+    return _evaluate(
+        result, "negative_fraction", "<=", bound, dict(by=by, significant=significant, include_roi=include_roi),
+        name="negative_fraction_at_most",
+        description=f"at most {_pct(bound)} of the {what} hurt the ROI{sig}",
+    )
+
+
+def check_negative_fraction_at_most(result: CEMResult, bound: float, *, by: str = "count", significant: bool = False,
+                                    include_roi: bool = False) -> PropertyOutcome:
+    """Do at most ``bound`` (in [0, 1]) of the blocks (``by="count"``) or of the absolute mass (``by="mass"``) have
+    a negative effect? With ``significant=True`` only blocks whose CI lies below zero count as negative."""
+    return _finish(_negative_fraction_at_most(result, bound, by, significant, include_roi), False)
+
+
+def assert_negative_fraction_at_most(result: CEMResult, bound: float, *, by: str = "count", significant: bool = False,
+                                     include_roi: bool = False) -> PropertyOutcome:
+    """:func:`check_negative_fraction_at_most`, raising :class:`CausalPropertyError` when it fails."""
+    return _finish(_negative_fraction_at_most(result, bound, by, significant, include_roi), True)
+
+
+_RF_BY = ("support", "effect", "significant")
+
+
+def _receptive_field_within(result, radius, by):
+    radius = M.check_radius("radius", radius)
+    M._check_choice("by", by, _RF_BY)
+    if by == "support":
+        metric, params, what = "support_radius", {}, "changes the ROI output in any draw"
+    else:
+        significant = by == "significant"
+        metric, params = "max_reach", {"significant": significant}
+        what = "has a significantly non-zero effect" if significant else "has a non-zero effect"
+    return _evaluate(
+        result, metric, "<=", radius, params,
+        name="receptive_field_within",
+        description=f"no block farther than {radius:g} px from the ROI {what}",
+    )
+
+
+def check_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support") -> PropertyOutcome:
+    """Does nothing beyond ``radius`` input px of the ROI affect it?
+
+    ``by="support"`` (default, exact): ``support_radius <= radius``: no draw on a farther block changed the ROI
+    output at all. ``by="effect"``: ``max_reach(significant=False) <= radius`` (|effect| >= tol_db);
+    ``by="significant"``: ``max_reach(significant=True) <= radius``.
+    """
+    return _finish(_receptive_field_within(result, radius, by), False)
+
+
+def assert_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support") -> PropertyOutcome:
+    """:func:`check_receptive_field_within`, raising :class:`CausalPropertyError` when it fails."""
+    return _finish(_receptive_field_within(result, radius, by), True)
+
+
+def _uses_context_beyond(result, radius, share, significant, include_roi):
+    radius = M.check_radius("radius", radius)
+    share = M._check_number("share", share, low=0.0, high=1.0, low_open=True)
+    return _evaluate(
+        result, "context_share", ">=", share, dict(beyond=radius, significant=significant, include_roi=include_roi),
+        name="uses_context_beyond",
+        description=(
+            f"at least {_pct(share)} of the absolute effect mass comes from blocks farther than {radius:g} px from the ROI"
+        ),
+    )
+
+
+def check_uses_context_beyond(result: CEMResult, radius: float, share: float, *, significant: bool = False,
+                              include_roi: bool = False) -> PropertyOutcome:
+    """Does the model use context beyond ``radius`` input px: ``context_share(beyond=radius) >= share``
+    (``share`` in (0, 1])? Fails on a map without effect mass."""
+    return _finish(_uses_context_beyond(result, radius, share, significant, include_roi), False)
+
+
+def assert_uses_context_beyond(result: CEMResult, radius: float, share: float, *, significant: bool = False,
+                               include_roi: bool = False) -> PropertyOutcome:
+    """:func:`check_uses_context_beyond`, raising :class:`CausalPropertyError` when it fails."""
+    return _finish(_uses_context_beyond(result, radius, share, significant, include_roi), True)
+
+
+def _effect_range_between(result, low_db, high_db, significant, include_roi):
+    low = M._check_number("low_db", low_db, low=0.0, unit="dB")
+    high = M._check_number("high_db", high_db, low=0.0, unit="dB")
+    if low > high:
+        raise CEMInputError(f"low_db={low:g} is above high_db={high:g}; give low_db <= high_db.")
+    return _evaluate(
+        result, "effect_range_db", "between", (low, high), dict(significant=significant, include_roi=include_roi),
+        name="effect_range_between",
+        description=f"the effect range (max - min) lies between {low:g} and {high:g} dB",
+    )
+
+
+def check_effect_range_between(result: CEMResult, low_db: float, high_db: float, *, significant: bool = False,
+                               include_roi: bool = False) -> PropertyOutcome:
+    """Is ``low_db <= effect_range_db(result) <= high_db`` (dB, both >= 0)?"""
+    return _finish(_effect_range_between(result, low_db, high_db, significant, include_roi), False)
+
+
+def assert_effect_range_between(result: CEMResult, low_db: float, high_db: float, *, significant: bool = False,
+                                include_roi: bool = False) -> PropertyOutcome:
+    """:func:`check_effect_range_between`, raising :class:`CausalPropertyError` when it fails."""
+    return _finish(_effect_range_between(result, low_db, high_db, significant, include_roi), True)
+
+
+def with_map_hint(outcome: PropertyOutcome, map_hint: str) -> PropertyOutcome:
+    """A copy of ``outcome`` saying ``map_hint`` about where to see the map."""
+    return replace(outcome, map_hint=map_hint)
