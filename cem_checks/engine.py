@@ -18,7 +18,8 @@ switched off through :class:`FastOptions`:
    joint draws, every block of the group is marked outside the support, with effect exactly 0 and no
    per-block pass. Groups are first the rings "distance > d" (a binary search over d for the support
    radius), then halves of the remaining candidates (a k-d split), recursing only into groups that
-   changed; the k-d stage stops once it has spent ``group_budget`` of the coarse budget. *Assumption:* a
+   changed; the k-d stage may spend ``group_budget`` of the coarse budget plus the coarse draws it has
+   already saved, so it goes on where the support is sparse and stops early where it is dense. *Assumption:* a
    block that can change the ROI output does so under a random joint replacement of its group (no exact
    cancellation between blocks, and no dependence confined to a set of contents that random natural
    patches miss), which holds for generic weights; ``group_draws`` (default 3) independent draws guard the
@@ -69,7 +70,15 @@ import torch
 
 from .cache import ChunkCache, hash_model, hash_tensor
 from .devices import resolve_device
-from .errors import CEMInputError, ImageError, ModelError, NondeterministicModelWarning, ROIError, describe_value
+from .errors import (
+    CEMInputError,
+    ImageError,
+    ModelError,
+    NondeterministicModelWarning,
+    PrecisionWarning,
+    ROIError,
+    describe_value,
+)
 from .grid import ROI, BlockGrid
 from .images import load_image
 from .patches import load_patches
@@ -208,7 +217,12 @@ class ModelRunner:
                 out = self.model(x)
         except Exception as exc:
             if _is_oom(exc):
-                raise
+                if B > 1:
+                    raise  # the engine halves the batch and retries
+                raise ModelError(
+                    f"CUDA ran out of memory for a single {tuple(x.shape[1:])} input on {self.device}{what}; the "
+                    "model does not fit: use a smaller image or another device."
+                ) from exc
             raise ModelError(
                 f"the model {model_name(self.model)} raised {type(exc).__name__} when called on a {tuple(x.shape)} "
                 f"{self.dtype} tensor on {self.device}{what}: {exc}. The model must map (B, 3, h, w) float in [0, 1] "
@@ -373,11 +387,6 @@ class _Engine:
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
-                if B == 1:
-                    raise ModelError(
-                        f"CUDA ran out of memory for a single {tuple(x.shape[1:])} input on {self.device}; the model "
-                        "does not fit: use a smaller image or another device."
-                    ) from exc
                 self.batch_size = max(1, B // 2)
                 self.oom_backoffs += 1
                 del x
@@ -473,14 +482,16 @@ def _group_testing(eng: _Engine, opts: FastOptions, coarse: int) -> tuple[np.nda
             hi = mid
     radius = int(levels[lo])
     candidates &= dist <= radius
-    # Stage 2: k-d split of the remaining candidates, recursing into groups that changed, within a budget.
+    # Stage 2: k-d split of the remaining candidates, recursing into groups that changed. It may spend
+    # `group_budget` of the coarse budget plus the coarse draws it has already saved, so it goes on while it
+    # pays (sparse support) and costs little where the support is dense.
     budget = opts.group_budget * coarse * max(1, int(candidates.sum()))
     spent = 0
     r, c = np.divmod(np.arange(nb), eng.grid.cols)
     queue = [np.flatnonzero(candidates & (dist > 0))]  # the ROI's own blocks are always kept
     ruled_out = 0
     node = 0
-    while queue and spent + opts.group_draws <= budget:
+    while queue and spent + opts.group_draws <= budget + ruled_out * coarse:
         group = queue.pop(0)
         if group.size <= 1:
             continue
@@ -760,6 +771,20 @@ def compute_cem(
                     NondeterministicModelWarning,
                     stacklevel=2,
                 )
+            precision_shift = None
+            if precision != "fp32":
+                eng.runner.precision = "fp32"
+                reference = eng.forward(degraded.clone(), " (fp32 reference for the precision check)")
+                eng.runner.precision = precision
+                precision_shift = float((eng.full.psnr(first[eng.full.sl]) - eng.full.psnr(reference[eng.full.sl])).abs()[0])
+                if precision_shift > tol_db:
+                    warnings.warn(
+                        f"precision={precision!r} moves the baseline ROI PSNR by {precision_shift:.4f} dB, more than "
+                        f"tol_db={tol_db}; effects near the threshold may be zeroed or kept differently than in fp32. "
+                        "fp32 is the reference; use reduced precision for speed where this is acceptable.",
+                        PrecisionWarning,
+                        stacklevel=2,
+                    )
             B = _auto_batch_size(eng.runner, degraded) if batch_size == "auto" else int(batch_size)
             eng.batch_size = min(B, CHUNK)
             base_psnr = float(eng.full.psnr(first[eng.full.sl])[0])
@@ -780,6 +805,7 @@ def compute_cem(
         "batch_size": eng.batch_size,
         "oom_backoffs": eng.oom_backoffs,
         "precision": precision,
+        "precision_shift_db": precision_shift,
         "channels_last": channels_last,
         "cache": {"dir": str(cache.dir), "hits": cache.hits, "writes": cache.writes} if cache.enabled else None,
         **({"fast": {**asdict(fast), **info}} if mode == "fast" else {}),

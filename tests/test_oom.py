@@ -1,0 +1,43 @@
+"""CUDA out-of-memory back-off: the batch is halved and the same draws are retried, losing no work."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import cem_checks as cc
+from nets import ConvStack
+
+
+class FakeAllocator(torch.nn.Module):
+    """Raises torch.cuda.OutOfMemoryError for batches above ``limit`` images, like a full GPU would."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.refusals = inner, limit, 0
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            self.refusals += 1
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} images")
+        return self.inner(x)
+
+
+def test_oom_halves_the_batch_and_gives_the_same_map(natural32):
+    kw = dict(task="dn20", roi=(8, 8, 8), block_size=4, coarse=2, fine=6, progress=False, device="cpu", seed=5)
+    inner = ConvStack((1, 1))
+    fake = FakeAllocator(inner, limit=3)
+    res = cc.compute_cem(fake, natural32, batch_size=16, **kw)
+    ref = cc.compute_cem(inner, natural32, batch_size=2, **kw)
+    assert fake.refusals >= 1 and res.meta["oom_backoffs"] >= 1
+    assert res.meta["batch_size"] == 2  # 16 -> 8 -> 4 -> 2
+    np.testing.assert_array_equal(res.support, ref.support)
+    np.testing.assert_array_equal(res.samples_db, ref.samples_db)
+
+
+def test_oom_with_a_single_image_is_a_clear_error(natural32):
+    import pytest
+
+    with pytest.raises(cc.ModelError, match="ran out of memory for a single"):
+        cc.compute_cem(FakeAllocator(ConvStack((1,)), limit=0), natural32, batch_size=4, task="dn20", roi=(8, 8, 8),
+                       progress=False, device="cpu", fast=cc.FastOptions(group_testing=False))
