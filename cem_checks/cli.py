@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--task", required=True, help="sr<scale> | dn<sigma> | dr, e.g. sr4, dn50, dr")
     m.add_argument("--roi", required=True, type=_parse_roi, help="X,Y,SIZE in output pixels")
     m.add_argument("--block-size", type=int, default=None, help="block side in input pixels")
+    m.add_argument("--mode", choices=("fast", "paper"), default="fast")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--cache-dir", default=None, help="folder for resumable partial results")
     m.add_argument("--device", default="auto")
     m.add_argument("--patches", default=None, help=".npy patch bank or folder of images")
     m.add_argument("-o", "--output", required=True, help="where to write the result (.npz)")
@@ -46,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import CEMError
 
     try:
-        model = torch.jit.load(args.model, map_location="cpu")
+        try:
+            model = torch.jit.load(args.model, map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise CEMError(f"--model {args.model!r} is not a TorchScript file (torch.jit.save): {exc}") from None
         result = compute_cem(
             model,
             args.image,
@@ -54,8 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             roi=args.roi,
             block_size=args.block_size,
             patches=args.patches,
+            mode=args.mode,
             seed=args.seed,
             device=args.device,
+            cache_dir=args.cache_dir,
         )
     except CEMError as exc:
         print(f"cem: error: {exc}", file=sys.stderr)

@@ -596,7 +596,6 @@ def _fast(eng: _Engine, coarse: int, fine: int, tol: float, opts: FastOptions):
     counts = np.zeros(nb, dtype=np.int64)
     support = np.zeros(nb, dtype=bool)
     flagged = np.zeros(nb, dtype=bool)
-    samples[~candidates, 0] = 0.0  # ruled out exactly: no draw can change the ROI output
 
     c_drops, c_changed = eng.single_block_draws(frame, "coarse", cand, coarse, crn=opts.common_random_numbers)
     samples[cand, :coarse] = c_drops

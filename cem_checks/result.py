@@ -66,7 +66,9 @@ class CEMResult:
     - ``raw_effect`` float64 dB: baseline ROI PSNR minus the mean ROI PSNR over the estimating draws.
     - ``stderr`` float64 dB: standard error of that mean (NaN with fewer than two draws).
     - ``ci_low`` / ``ci_high`` float64 dB: 95 % Student-t confidence interval of ``raw_effect``.
-    - ``n_samples`` int64: draws behind ``raw_effect`` (paper mode: ``fine`` for flagged blocks, else ``coarse``).
+    - ``n_samples`` int64: draws behind ``raw_effect`` (paper mode: ``fine`` for flagged blocks, else ``coarse``;
+      fast mode: what the sequential rule spent). Blocks that fast mode's group testing ruled out have
+      ``n_samples`` 0 and ``raw_effect``, ``stderr`` and CI exactly 0: no draw can change the ROI output.
     - ``samples_db`` float64 (rows, cols, max_draws): the per-draw PSNR drops behind ``raw_effect``, NaN-padded.
     - ``support`` bool: at least one draw changed the ROI output at all (bit-exact comparison against a
       baseline computed under the same batch shape).
