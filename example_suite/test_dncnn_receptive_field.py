@@ -19,17 +19,18 @@ def dncnn_map(real_dncnn, demo_crop) -> cc.CEMResult:
         task=cc.Denoising(sigma=50),
         roi=(0, 0, 8),  # the top-left 8x8 px of the crop
         block_size=8,
-        fine=10,  # the paper uses 50 fine draws; 10 keep this example quick
         device="cpu",
     )
 
 
 def test_dncnn_uses_no_context_beyond_its_receptive_field(dncnn_map, real_dncnn):
-    beyond = dncnn_map.distance > real_dncnn.receptive_radius
-    assert not dncnn_map.support[beyond].any(), "a block beyond 20 px changed the ROI output"
-    assert (dncnn_map.effect[beyond] == 0).all()
+    cc.assert_receptive_field_within(dncnn_map, radius=real_dncnn.receptive_radius)
+
+
+def test_dncnn_positive_effect_is_local(dncnn_map):
+    cc.assert_positive_effect_local(dncnn_map, radius=9, mass=0.9)
 
 
 def test_dncnn_context_next_to_the_roi_helps(dncnn_map):
     assert dncnn_map.effect[dncnn_map.roi_mask].min() > 1.0  # the ROI's own content matters most
-    assert (dncnn_map.effect[dncnn_map.distance == 1] > 0).sum() >= 2  # adjacent context helps
+    assert cc.counts(dncnn_map).positive >= 2  # and some of its context helps too
