@@ -209,3 +209,13 @@ def test_sr_crops_to_the_scale_and_block_grid():
 def test_quantize_rounds_to_8_bit_levels():
     t = torch.tensor([-0.1, 0.0, 0.5, 1.2, 100.4 / 255])
     np.testing.assert_allclose(quantize(t).numpy(), [0, 0, 128 / 255, 1, 100 / 255])
+
+
+def test_progress_bar_on_request_and_silent_otherwise(natural32, capsys):
+    cc.compute_cem(ConvStack((1,)), natural32, task="dn25", roi=(8, 8, 8), progress=True, **{k: v for k, v in QUICK.items() if k != "progress"})
+    err = capsys.readouterr().err
+    assert "CEM" in err and "img" in err
+    cc.compute_cem(ConvStack((1,)), natural32, task="dn25", roi=(8, 8, 8), **QUICK)
+    cc.compute_cem(ConvStack((1,)), natural32, task="dn25", roi=(8, 8, 8), progress=None,
+                   **{k: v for k, v in QUICK.items() if k != "progress"})  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
