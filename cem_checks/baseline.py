@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from .checks import OffendingBlock, PropertyOutcome, _finish, _map_hint, run_settings
+from .checks import __tracebackhide__  # noqa: F401  (pytest hides this module's frames of a failed property)
 from .errors import BaselineError, CEMInputError, describe_value
 from .grid import ROI
 from .metrics import _check_bool, _check_number, _check_result

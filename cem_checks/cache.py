@@ -27,21 +27,46 @@ from .errors import CacheWarning, CEMInputError
 CACHE_VERSION = 1
 
 
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
 def hash_model(model: Any) -> str:
-    """SHA-256 of an ``nn.Module``'s class name and state_dict (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
+    """SHA-256 of an ``nn.Module``: its class (module and name), ``repr`` (constructor settings shown by its
+    layers), state_dict and every buffer, persistent or not (names, dtypes, shapes and bytes).
+
+    Settings kept in plain attributes that ``repr`` does not show are not covered: pass ``cache_key`` to
+    :func:`~cem_checks.compute_cem` to tell such models apart.
+    """
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    tensors = dict(model.state_dict())
+    tensors.update({f"buffer:{k}": v for k, v in model.named_buffers()})
+    for name in sorted(tensors):
+        t = tensors[name]
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_tensor_bytes(t))
     return h.hexdigest()
 
 
 def hash_tensor(t: torch.Tensor) -> str:
-    t = t.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
+    h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+def digest(*parts: Any) -> str:
+    """A short SHA-256 of numpy arrays, tensors and plain values (what a chunk of draws was computed for)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            p = p.detach().cpu().numpy()
+        if isinstance(p, np.ndarray):
+            h.update(f"{p.dtype}:{p.shape}".encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:32]
 
 
 def _checksum(*arrays: np.ndarray) -> str:
@@ -82,8 +107,11 @@ class ChunkCache:
     def _path(self, phase: str, index: int) -> Path:
         return self.dir / f"{phase}-{index:05d}.npz"
 
-    def get(self, phase: str, index: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cached (drops, changed) of chunk ``index`` of ``phase``, or None (missing or corrupted)."""
+    def get(self, phase: str, index: int, n: int, what: str = "") -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached (drops, changed) of chunk ``index`` of ``phase``, or None (missing or corrupted).
+
+        ``what`` is a digest of the interventions the chunk stands for (blocks, patches, frame); a file
+        written for other interventions is treated as corrupted."""
         if not self.enabled:
             return None
         path = self._path(phase, index)
@@ -93,8 +121,15 @@ class ChunkCache:
             with np.load(path, allow_pickle=False) as data:
                 drops, changed = data["drops"], data["changed"]
                 checksum = str(data["checksum"])
+                stored_what = str(data["what"]) if "what" in data.files else ""
             if drops.shape != (n,) or changed.shape != (n,) or checksum != _checksum(drops, changed):
                 raise ValueError("size or checksum mismatch")
+            if stored_what != what:
+                raise ValueError("written for other interventions")
+        except PermissionError as exc:
+            warnings.warn(f"cannot read cache file {str(path)!r} ({exc}); its draws are recomputed.", CacheWarning,
+                          stacklevel=3)
+            return None
         except Exception as exc:  # noqa: BLE001 - any unreadable file is treated the same way
             warnings.warn(
                 f"ignoring corrupted cache file {str(path)!r} ({type(exc).__name__}: {exc}); its draws are recomputed.",
@@ -109,14 +144,25 @@ class ChunkCache:
         self.hits += 1
         return drops, changed
 
-    def put(self, phase: str, index: int, drops: np.ndarray, changed: np.ndarray) -> None:
+    def put(self, phase: str, index: int, drops: np.ndarray, changed: np.ndarray, what: str = "") -> None:
+        """Write a chunk atomically; a failed write (e.g. a full disk) warns and the run goes on uncached."""
         if not self.enabled:
             return
         path = self._path(phase, index)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, drops=drops, changed=changed, checksum=np.array(_checksum(drops, changed)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, drops=drops, changed=changed, checksum=np.array(_checksum(drops, changed)),
+                         what=np.array(what))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            warnings.warn(f"cannot write cache file {str(path)!r} ({exc}); this chunk is not cached.", CacheWarning,
+                          stacklevel=3)
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            return
         self.writes += 1

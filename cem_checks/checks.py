@@ -241,20 +241,30 @@ class CausalPropertyError(AssertionError):
         return (type(self), (self.outcome,))
 
 
+def __tracebackhide__(excinfo: Any) -> bool:
+    """pytest hides this module's frames from the traceback of a :class:`CausalPropertyError` (its structured message
+    says what failed; ``pytest --full-trace`` shows them): pytest calls a callable ``__tracebackhide__`` with the
+    exception info. Other errors keep their full traceback."""
+    return isinstance(getattr(excinfo, "value", None), CausalPropertyError)
+
+
 # ----------------------------------------------------------------------------------------- collection
 _COLLECTORS: contextvars.ContextVar[tuple] = contextvars.ContextVar("cem_checks_collectors", default=())
 
 
 @contextmanager
-def collect_outcomes(map_hint: str | None = None) -> Iterator[list]:
+def collect_outcomes(map_hint: str | None = None, *, isolated: bool = False) -> Iterator[list]:
     """Collect, in order, every :class:`PropertyOutcome` produced by a ``check_*`` / ``assert_*`` call inside the
     block (passes and failures; a failing ``assert_*`` is collected before it raises). Nested blocks each
     collect. ``map_hint`` (e.g. where a report shows the map) replaces the default hint of the outcomes made
-    inside; the innermost hint given wins."""
+    inside; the innermost hint given wins. ``isolated=True`` hides the block from the enclosing blocks: they
+    do not receive its outcomes (e.g. a test session run inside another one)."""
     if map_hint is not None and not isinstance(map_hint, str):
         raise CEMInputError(f"map_hint={describe_value(map_hint)} must be a string or None.")
+    if not isinstance(isolated, bool):
+        raise CEMInputError(f"isolated={isolated!r} must be True or False.")
     out: list = []
-    token = _COLLECTORS.set(_COLLECTORS.get() + ((out, map_hint),))
+    token = _COLLECTORS.set((() if isolated else _COLLECTORS.get()) + ((out, map_hint),))
     try:
         yield out
     finally:

@@ -18,8 +18,9 @@ switched off through :class:`FastOptions`:
    joint draws, every block of the group is marked outside the support, with effect exactly 0 and no
    per-block pass. Groups are first the rings "distance > d" (a binary search over d for the support
    radius), then halves of the remaining candidates (a k-d split), recursing only into groups that
-   changed; the k-d stage may spend ``group_budget`` of the coarse budget plus the coarse draws it has
-   already saved, so it goes on where the support is sparse and stops early where it is dense. *Assumption:* a
+   changed; the k-d stage may spend ``group_budget`` of the coarse budget (at least its first split, three
+   tests) plus the coarse draws it has already saved, so it goes on where the support is sparse and stops
+   early where it is dense. *Assumption:* a
    block that can change the ROI output does so under a random joint replacement of its group (no exact
    cancellation between blocks, and no dependence confined to a set of contents that random natural
    patches miss), which holds for generic weights; ``group_draws`` (default 3) independent draws guard the
@@ -35,7 +36,8 @@ switched off through :class:`FastOptions`:
    ``1 - alpha / n_looks`` lies inside (-tol_db, tol_db) (effect 0), or excludes [-tol_db, tol_db] with a
    half-width <= ``rel_precision`` x |mean| (default 30 %: about the precision that the paper's 50 draws
    give the strong blocks of the real DnCNN). By a union bound over the looks, a stopped block's interval
-   misses the true effect with probability at most ``alpha`` (up to the t approximation). Samples spent
+   misses the true effect with probability at most ``alpha`` (up to the t approximation). (The intervals
+   reported in the result, ``ci_low`` / ``ci_high``, are the usual per-block 95 % intervals of the draws.) Samples spent
    per block are in ``n_samples``. Draws use *common random numbers*: the j-th draw of every block uses
    the same natural patch, so differences between blocks (their ranking) carry less noise; each block's own
    estimate is unaffected.
@@ -45,8 +47,10 @@ Implementation notes:
 - Interventions are synthesised on the device: the patch bank lives on the device, patches are gathered by
   index, degraded by the task and scattered into fresh copies of the input; no per-image Python loop. The
   model never sees a tensor the engine reuses (some real models modify their input in place).
-- Randomness: every chunk of draws gets its own generators derived from (seed, phase, chunk index), so the
-  map does not depend on ``batch_size`` and a resumed run replays the same draws. Same seed and batch
+- Randomness: patch indices are drawn per phase from a generator derived from (seed, phase) (with common
+  random numbers: from (seed, draw index)); the tasks' noise from a generator derived from (seed, phase,
+  chunk index) for each chunk of draws. So the map does not depend on ``batch_size`` and a resumed run
+  replays the same draws. Same seed and batch
   size, same map (bit-identical on CPU); another batch size can only flip an 8-bit level of an ROI output
   through float reassociation in the model (a change of ~1e-4 dB in one draw).
 - ``batch_size="auto"``: 8 on CPU; on CUDA sized from the memory one forward takes and the free memory.
@@ -69,9 +73,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .cache import ChunkCache, hash_model, hash_tensor
+from .cache import ChunkCache, digest, hash_model, hash_tensor
 from .devices import resolve_device
 from .errors import (
+    CEMError,
     CEMInputError,
     ImageError,
     ModelError,
@@ -147,6 +152,9 @@ def model_name(model: Any) -> str:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    """A device out-of-memory error that a smaller batch may avoid (never one of our own errors)."""
+    if isinstance(exc, CEMError):
+        return False
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "cuda" in str(exc).lower()
     )
@@ -274,7 +282,8 @@ class _Frame:
         self.x = eng.degraded[:, :, y0 : y0 + h, x0 : x0 + w].contiguous()
         ry, rx = roi.y - y0 * s, roi.x - x0 * s
         self.sl = (slice(None), slice(None), slice(ry, ry + roi.size), slice(rx, rx + roi.size))
-        self.gt = torch.round(eng.clean[:, :, roi.y : roi.y + roi.size, roi.x : roi.x + roi.size].double().clamp(0, 1) * 255.0)
+        gt = eng.clean[:, :, roi.y : roi.y + roi.size, roi.x : roi.x + roi.size].to(eng.stat_device)
+        self.gt = torch.round(gt.double().clamp(0, 1) * 255.0)
         self._baselines: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -283,7 +292,7 @@ class _Frame:
 
     def psnr(self, roi_out: torch.Tensor) -> torch.Tensor:
         """(B,) PSNR in dB of (B, 3, S, S) ROI outputs; both sides clamped to [0, 1] and rounded to 8 bits."""
-        q = torch.round(roi_out.double().clamp(0.0, 1.0) * 255.0)
+        q = torch.round(roi_out.to(self.gt.device).double().clamp(0.0, 1.0) * 255.0)
         mse = ((q - self.gt) ** 2).mean(dim=(1, 2, 3)) / (255.0**2)
         return -10.0 * torch.log10(mse.clamp_min(10.0 ** (-MAX_PSNR_DB / 10.0)))
 
@@ -303,6 +312,8 @@ class _Engine:
         self.task, self.roi, self.b, self.scale = task, roi, block_size, task.scale
         self.clean, self.degraded = clean, degraded
         self.device = device
+        # float64 statistics (PSNR, drops) stay on the device, except on MPS, which has no float64
+        self.stat_device = torch.device("cpu") if device.type == "mps" else device
         self.seed = seed
         self.cache = cache
         _, _, h, w = degraded.shape
@@ -348,12 +359,13 @@ class _Engine:
         self.bar.refresh()
         for ci, i0 in enumerate(range(0, n_items, CHUNK)):
             i1 = min(i0 + CHUNK, n_items)
-            cached = self.cache.get(phase, ci, i1 - i0)
+            p0, p1 = starts[ci], starts[ci + 1]
+            what = digest(item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1], frame.box) if self.cache.enabled else ""
+            cached = self.cache.get(phase, ci, i1 - i0, what)
             if cached is None:
-                p0, p1 = starts[ci], starts[ci + 1]
                 cached = self._run_chunk(frame, phase, ci, item_of_pair[p0:p1] - i0, block_of_pair[p0:p1],
                                          patch_of_pair[p0:p1], i1 - i0)
-                self.cache.put(phase, ci, *cached)
+                self.cache.put(phase, ci, *cached, what=what)
             drops[i0:i1], changed[i0:i1] = cached
             self.bar.update(i1 - i0)
         return drops, changed
@@ -372,7 +384,7 @@ class _Engine:
         rows_all = (top - frame.y0)[:, None] + self._ar
         cols_all = (left - frame.x0)[:, None] + self._ar
         items_t = torch.as_tensor(items, device=dev)
-        drops = torch.empty(n, dtype=torch.float64, device=dev)
+        drops = torch.empty(n, dtype=torch.float64, device=self.stat_device)
         changed = torch.empty(n, dtype=torch.bool, device=dev)
         pair_starts = np.searchsorted(items, np.arange(n + 1))
         s0 = 0
@@ -386,7 +398,7 @@ class _Engine:
                 out = self.forward(x, f" ({phase}, draws {s0}..{s0 + B - 1} of chunk {ci})")
                 base_r, base_p = frame.baseline(B)
             except Exception as exc:
-                if not _is_oom(exc):
+                if not _is_oom(exc) or B == 1:
                     raise
                 self.batch_size = max(1, B // 2)
                 self.oom_backoffs += 1
@@ -489,27 +501,32 @@ def _group_testing(eng: _Engine, opts: FastOptions, coarse: int) -> tuple[np.nda
     budget = max(opts.group_budget * coarse * int(candidates.sum()), 3 * opts.group_draws)  # >= the first split
     spent = 0
     r, c = np.divmod(np.arange(nb), eng.grid.cols)
-    queue = [np.flatnonzero(candidates & (dist > 0))]  # the ROI's own blocks are always kept
-    ruled_out = 0
-    node = 0
-    while queue and spent + opts.group_draws <= budget + ruled_out * coarse:
-        group = queue.pop(0)
-        if group.size <= 1:
-            continue
-        node += 1
-        tests += 1
-        spent += opts.group_draws
-        if not eng.group_changed(f"kd{node}", group, opts.group_draws):
-            candidates[group] = False
-            ruled_out += group.size
-            continue
+    def halves(group: np.ndarray) -> list[np.ndarray]:
         rr, cc = r[group], c[group]
         if np.ptp(rr) >= np.ptp(cc):
             order = np.argsort(rr * eng.grid.cols + cc, kind="stable")
         else:
             order = np.argsort(cc * eng.grid.rows + rr, kind="stable")
         half = group.size // 2
-        queue += [group[order[:half]], group[order[half:]]]
+        return [group[order[:half]], group[order[half:]]]
+
+    root = np.flatnonzero(candidates & (dist > 0))  # the ROI's own blocks are always kept
+    # With a radius above 0 the root holds the ring just below it, already seen to change: split it untested.
+    queue = halves(root) if radius > 0 and root.size > 1 else [root]
+    ruled_out = 0
+    node = 0
+    while queue and spent + opts.group_draws <= budget + ruled_out * coarse:
+        group = queue.pop(0)
+        if group.size <= 1:
+            continue  # a single block is settled by its own coarse draws
+        node += 1
+        tests += 1
+        spent += opts.group_draws
+        if not eng.group_changed(f"kd{node}", group, opts.group_draws):
+            candidates[group] = False
+            ruled_out += group.size
+        else:
+            queue += halves(group)
     return candidates, {"support_radius_px": radius, "group_tests": tests, "ruled_out_by_kd": ruled_out}
 
 
@@ -521,11 +538,12 @@ def _verified_crop(eng: _Engine, candidates: np.ndarray, opts: FastOptions) -> t
     if (y1 - y0, x1 - x0) == (eng.grid.height, eng.grid.width):
         return eng.full, {"crop": None, "crop_check": "not needed: the support spans the whole input"}
     frame = _Frame(eng, y0, x0, y1 - y0, x1 - x0)
-    n = min(eng.batch_size, 2)
-    try:
-        crop_r, _ = frame.baseline(n)
-        full_r, _ = eng.full.baseline(n)
-    except ModelError as exc:
+    try:  # one image each: the verdict does not depend on the batch size
+        crop_r, _ = frame.baseline(1)
+        full_r, _ = eng.full.baseline(1)
+    except Exception as exc:
+        if not (isinstance(exc, ModelError) or _is_oom(exc)):
+            raise
         return eng.full, {"crop": None, "crop_check": f"failed: the model cannot run on the crop ({exc})"}
     diff = float((crop_r - full_r).abs().max())
     box = [y0, x0, y1 - y0, x1 - x0]
@@ -661,7 +679,7 @@ def compute_cem(
         task: :class:`SuperResolution`, :class:`Denoising`, :class:`Deraining`, an object following the
             :class:`Task` protocol, or a short name ``"sr4"``, ``"dn50"``, ``"dr"``.
         roi: ``(x, y, size)`` in output pixels (or an :class:`ROI`); must be aligned to the task's scale.
-        block_size: block side in input px; default ``max(1, 8 // scale)`` (8 output px).
+        block_size: block side in input px; default ``max(1, 8 // scale)`` (8 output px when the scale divides 8).
         patches: the natural patch bank (see :func:`cem_checks.patches.load_patches`); default bundled.
         mode: ``"fast"`` (default: same estimand, far less compute) or ``"paper"`` (the published procedure).
         coarse: draws per block in the coarse pass. fine: draws per flagged block (fast: the cap).
@@ -751,6 +769,9 @@ def compute_cem(
             "roi": list(roi.as_tuple()), "block_size": b, "mode": mode, "seed": seed, "patches": bank.sha256,
             "coarse": coarse, "fine": fine, "tol_db": tol_db, "fast": asdict(fast) if mode == "fast" else None,
             "precision": precision, "channels_last": channels_last, "device": dev.type,
+            "degraded": hash_tensor(degraded.cpu()), "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+            "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32],
         }
     cache = ChunkCache(cache_dir, cache_material or {})
 

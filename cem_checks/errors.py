@@ -65,3 +65,16 @@ class CacheWarning(CEMWarning):
 
 class PrecisionWarning(CEMWarning):
     """Reduced precision (bf16/fp16) moves ROI PSNR by more than the zero threshold; fp32 is the reference."""
+
+
+class SettingsError(CEMInputError):
+    """A setting of the pytest plugin is invalid: a bad option value, ini value or ``@pytest.mark.cem`` keyword."""
+
+
+class CheckpointError(CEMInputError):
+    """A model checkpoint cannot be loaded: unknown format, missing architecture, or mismatched weights."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint needs full unpickling (it may run arbitrary code) and the caller did not opt in with
+    ``trust=True``."""

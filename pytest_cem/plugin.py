@@ -1,15 +1,57 @@
-"""The pytest plugin, registered through the ``pytest11`` entry point ``cem``."""
+"""The pytest plugin, registered through the ``pytest11`` entry point ``cem``.
+
+Hooks: options and ini keys (from :data:`pytest_cem.options.OPTIONS`), the ``cem`` marker and its validation,
+collection of the property outcomes of each test, their transport in ``report.user_properties``, short
+failure reports of causal properties (frames inside cem_checks are hidden by its ``__tracebackhide__``), the report header and the session object (:mod:`pytest_cem.session`).
+torch and cem_checks are imported lazily: a session that uses none of this does not pay for them.
+"""
 
 from __future__ import annotations
 
+import sys
+from contextlib import ExitStack
+
 import pytest
+
+from .fixtures import cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches, cem_settings  # noqa: F401
+from .options import OPTIONS, Sources, resolve_settings
+from .session import BASE_SETTINGS_KEY, SOURCES_KEY, CEMSession, records_for, settings_for
+
+_SESSION_PLUGIN = "cem_session"
+_ISOLATION_KEY = pytest.StashKey[ExitStack]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cem", "causal effect maps (pytest-cem)")
+    for o in OPTIONS:
+        if o.flag:
+            group.addoption(o.cli, action="store_true", default=None, dest=o.dest, help=o.help_text())
+        else:
+            group.addoption(o.cli, action="store", default=None, dest=o.dest, metavar=o.metavar, help=o.help_text())
+        parser.addini(o.ini, help=o.help_text(), type="string", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "cem(**settings): causal-effect-map settings for this test (task, roi, block_size, seed, mode, ...)",
+        "cem(**settings): causal-effect-map settings of this test: any keyword argument of cem_checks.compute_cem "
+        "(task, roi, block_size, seed, mode, device, batch_size, patches, coarse, fine, tol_db, ...)",
     )
+    sources = Sources.from_config(config)
+    try:
+        settings = resolve_settings(sources)
+    except ValueError as exc:  # cem_checks.errors.SettingsError
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SOURCES_KEY] = sources
+    config.stash[BASE_SETTINGS_KEY] = settings
+    if not hasattr(config, "workerinput"):  # the controller (or the only process) gathers and writes
+        config.pluginmanager.register(CEMSession(config, settings), _SESSION_PLUGIN)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.pluginmanager.get_plugin(_SESSION_PLUGIN)
+    if session is not None:
+        config.pluginmanager.unregister(session, _SESSION_PLUGIN)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -17,6 +59,75 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
     import cem_checks
 
-    cuda = torch.cuda.is_available()
-    device = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
-    return [f"cem: cem_checks {cem_checks.__version__}, torch {torch.__version__}, default device {device}"]
+    s = config.stash[BASE_SETTINGS_KEY]
+    try:
+        device = str(cem_checks.resolve_device(s.device))
+        if device.startswith("cuda"):
+            device += f" ({torch.cuda.get_device_name(torch.device(device))})"
+    except cem_checks.DeviceError:
+        device = "not available here: tests that use it are skipped"
+    return [
+        f"cem: cem_checks {cem_checks.__version__}, torch {torch.__version__}, default device {s.device} -> {device}, "
+        f"mode {s.mode}, seed {s.seed}, batch size {s.batch_size}"
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # a session run inside another one (pytester) must not hand its outcomes to the enclosing session's tests
+    checks = sys.modules.get("cem_checks.checks")
+    if checks is not None:
+        stack = ExitStack()
+        stack.enter_context(checks.collect_outcomes(isolated=True))
+        session.config.stash[_ISOLATION_KEY] = stack
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stack = session.config.stash.get(_ISOLATION_KEY, None)
+    if stack is not None:
+        stack.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # check the marker before any fixture runs: a misspelt keyword errors at once, naming the allowed ones
+    if item.get_closest_marker("cem") is not None:
+        try:
+            settings_for(item)
+        except ValueError as exc:  # cem_checks.errors.SettingsError: the message says it all
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        pytest.fail(message, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    checks = sys.modules.get("cem_checks.checks")
+    marked = item.get_closest_marker("cem") is not None
+    uses_fixture = any(n == "cem" or n.startswith("cem_") for n in getattr(item, "fixturenames", ()))
+    # only tests that use the plugin (marker or fixture) are recorded; none can check a property without cem_checks
+    if checks is None or not (marked or uses_fixture):
+        return (yield)
+    settings = settings_for(item) if marked else item.config.stash[BASE_SETTINGS_KEY]
+    hint = None
+    if settings.json is not None:
+        hint = f"{checks.DEFAULT_MAP_HINT}; this test's maps and properties are written to {settings.json}"
+    with checks.collect_outcomes(map_hint=hint) as outcomes:
+        try:
+            return (yield)
+        finally:
+            from cem_checks.records import property_record
+
+            records_for(item).properties.extend(property_record(o) for o in outcomes)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    if call.when == "call":
+        rec = records_for(item)
+        if not rec.empty and not rec.attached:
+            item.user_properties.extend(rec.user_properties())
+            rec.attached = True
+    return (yield)

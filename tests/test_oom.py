@@ -41,3 +41,25 @@ def test_oom_with_a_single_image_is_a_clear_error(natural32):
     with pytest.raises(cc.ModelError, match="ran out of memory for a single"):
         cc.compute_cem(FakeAllocator(ConvStack((1,)), limit=0), natural32, batch_size=4, task="dn20", roi=(8, 8, 8),
                        progress=False, device="cpu", fast=cc.FastOptions(group_testing=False))
+
+
+class FillsUp(torch.nn.Module):
+    """Works for the first ``calls`` forwards, then runs out of memory whatever the batch size."""
+
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, x):
+        self.calls -= 1
+        if self.calls < 0:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+        return self.inner(x)
+
+
+def test_memory_that_fills_up_mid_run_ends_in_a_clear_error_not_a_loop(natural32):
+    import pytest
+
+    with pytest.raises(cc.ModelError, match="ran out of memory for a single"):
+        cc.compute_cem(FillsUp(ConvStack((1,)), calls=4), natural32, batch_size=4, task="dn20", roi=(8, 8, 8),
+                       progress=False, device="cpu")

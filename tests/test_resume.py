@@ -113,3 +113,24 @@ def test_plain_callables_need_a_cache_key(tmp_path):
         cc.compute_cem(lambda x: f(x), _image(), cache_dir=tmp_path, **JOB)
     res = cc.compute_cem(lambda x: f(x), _image(), cache_dir=tmp_path, cache_key="convstack-v1", **JOB)
     assert res.meta["cache"]["writes"] > 0
+
+
+def test_models_are_told_apart_by_buffers_and_settings(tmp_path):
+    import torch
+
+    from cem_checks.cache import hash_model
+
+    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3)).eval()
+    assert len(hash_model(bn)) == 64  # 0-d buffers (num_batches_tracked) hash fine
+    assert hash_model(torch.nn.AvgPool2d(3, 1, 1)) != hash_model(torch.nn.AvgPool2d(5, 1, 2))
+    res = cc.compute_cem(bn, _image(), cache_dir=tmp_path, **JOB)
+    assert res.meta["cache"]["writes"] > 0
+
+
+def test_a_chunk_written_for_other_interventions_is_not_reused(tmp_path):
+    first = cc.compute_cem(Slow(), _image(), cache_dir=tmp_path, **JOB)
+    files = sorted(tmp_path.glob("*/coarse-*.npz"))
+    files[1].write_bytes(files[0].read_bytes())  # same size and checksum, other blocks and patches
+    with pytest.warns(cc.CacheWarning, match="written for other interventions"):
+        again = cc.compute_cem(Slow(), _image(), cache_dir=tmp_path, **JOB)
+    np.testing.assert_array_equal(again.samples_db, first.samples_db)

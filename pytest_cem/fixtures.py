@@ -1,0 +1,168 @@
+"""The plugin's fixtures: thin shims over :mod:`cem_checks` bound to the resolved settings of each test.
+
+- ``cem``: ``cem(model, image, **engine_kwargs) -> CEMResult`` runs :func:`cem_checks.compute_cem` with the
+  test's settings (call keywords > marker > CLI > ini > default) and records the map for the report;
+- ``cem_settings``: the test's :class:`~pytest_cem.options.CEMSettings`;
+- ``cem_device``: the ``torch.device`` of the test (skips the test when that device is absent);
+- ``cem_patches``: the natural patch bank (``--cem-patches`` or the bundled one);
+- ``cem_images``: the bundled natural images, name -> path;
+- ``cem_load_model``: ``cem_load_model(path, arch=None, trust=None)`` (see :mod:`cem_checks.loading`);
+- ``cem_baseline``: ``cem_baseline(result, name=None, **kwargs)`` asserts that the map matches its stored
+  regression baseline (created when missing; ``--cem-regen`` / ``--cem-regen-all`` rewrite).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .options import CEMSettings, engine_keywords
+from .session import PATCH_CACHE_KEY, records_for, settings_for
+
+
+def _patch_bank(config: pytest.Config, source: Any):
+    """The patch bank of ``source`` (None: the bundled bank), loaded once per session for a path or None."""
+    from cem_checks import load_patches
+
+    if source is not None and not isinstance(source, str):
+        return load_patches(source)
+    cache = config.stash.setdefault(PATCH_CACHE_KEY, {})
+    if source not in cache:
+        cache[source] = load_patches(source)
+    return cache[source]
+
+
+class CEMRunner:
+    """``cem(model, image, **kwargs)``: :func:`cem_checks.compute_cem` with the test's settings; every map is
+    recorded for the report. ``kwargs`` are any keyword arguments of ``compute_cem`` and win over the settings.
+    ``results`` lists the maps computed so far in this test."""
+
+    def __init__(self, item: pytest.Item, settings: CEMSettings, device: Any):
+        self._item = item
+        self.settings = settings
+        self.device = device
+        self.results: list = []
+
+    def __call__(self, model: Any, image: Any, **kwargs: Any):
+        from cem_checks import compute_cem
+        from cem_checks.errors import SettingsError
+        from cem_checks.records import map_summary
+
+        allowed = engine_keywords()
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise SettingsError(
+                f"cem(...) got unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; allowed: "
+                f"{', '.join(sorted(allowed))} (the keyword arguments of cem_checks.compute_cem)."
+            )
+        kw = self.settings.engine_kwargs()
+        kw["device"] = self.device
+        kw["progress"] = False
+        kw.update(kwargs)
+        for required, example in (("task", "task='dn50'"), ("roi", "roi=(40, 40, 16)")):
+            if kw.get(required) is None:
+                raise SettingsError(
+                    f"cem(...) needs {required}, and neither the call nor @pytest.mark.cem gave it; pass "
+                    f"cem(model, image, {example}) or mark the test @pytest.mark.cem({example})."
+                )
+        if "patches" not in kwargs:
+            kw["patches"] = _patch_bank(self._item.config, kw.get("patches"))
+        result = compute_cem(model, image, **kw)
+        records_for(self._item).maps.append(map_summary(result))
+        self.results.append(result)
+        return result
+
+
+@pytest.fixture
+def cem_settings(request: pytest.FixtureRequest) -> CEMSettings:
+    """The resolved settings of this test: ``@pytest.mark.cem`` > ``--cem-*`` > ini ``cem_*`` > defaults."""
+    return settings_for(request.node)
+
+
+@pytest.fixture
+def cem_device(cem_settings: CEMSettings):
+    """The ``torch.device`` of this test's maps; skips the test when this machine lacks that device."""
+    from cem_checks import resolve_device
+    from cem_checks.errors import DeviceError
+
+    try:
+        return resolve_device(cem_settings.device)
+    except DeviceError as exc:
+        pytest.skip(f"cem device {cem_settings.device!r} is not available: {exc}")
+
+
+@pytest.fixture
+def cem_patches(request: pytest.FixtureRequest, cem_settings: CEMSettings):
+    """The natural patch bank (:class:`cem_checks.PatchBank`) of this test: ``--cem-patches`` or the bundled one."""
+    return _patch_bank(request.config, cem_settings.patches)
+
+
+@pytest.fixture(scope="session")
+def cem_images() -> dict[str, Path]:
+    """The bundled natural images (name -> path of a PNG); see ``cem_checks/data/NOTICE.md``."""
+    from cem_checks import bundled_images
+
+    return dict(bundled_images())
+
+
+@pytest.fixture
+def cem(request: pytest.FixtureRequest, cem_settings: CEMSettings, cem_device: Any) -> CEMRunner:
+    """``cem(model, image, roi=..., task=...) -> CEMResult``: a causal effect map with this test's settings,
+    recorded (with every property checked during the test) for the report."""
+    return CEMRunner(request.node, cem_settings, cem_device)
+
+
+@pytest.fixture
+def cem_load_model(cem_settings: CEMSettings):
+    """``cem_load_model(path, arch=None, trust=None) -> nn.Module`` (eval mode, CPU): TorchScript, a state_dict
+    with ``arch`` (or spandrel), safetensors; whole pickled modules only with ``trust=True`` or
+    ``--cem-trust-checkpoints``. See :mod:`cem_checks.loading`."""
+    from cem_checks.loading import load_model
+
+    def load(path: Any, arch: Any = None, *, trust: bool | None = None):
+        return load_model(path, arch, trust=cem_settings.trust_checkpoints if trust is None else trust)
+
+    return load
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "_"
+
+
+@pytest.fixture
+def cem_baseline(request: pytest.FixtureRequest, cem_settings: CEMSettings):
+    """``cem_baseline(result, name=None, **kwargs)``: assert that ``result`` matches its regression baseline.
+
+    The baseline lives at ``<baseline_dir>/<test file path without .py>/<test name>[-<name>]`` (``.npz`` +
+    ``.json``, see :mod:`cem_checks.baseline`); ``kwargs`` go to :func:`cem_checks.compare_to_baseline`
+    (``atol_db``, ``use_ci``, ``compare_support``). A missing baseline is created and the test fails saying so;
+    ``--cem-regen`` rewrites baselines that differ, ``--cem-regen-all`` every baseline. Returns the outcome.
+    """
+    from cem_checks import assert_matches_baseline
+    from cem_checks.errors import SettingsError
+
+    item = request.node
+    module = Path(str(item.nodeid).split("::")[0])
+    folder = Path(cem_settings.baseline_dir) / module.parent / module.stem
+    used = records_for(item).baseline_names
+
+    def check(result: Any, name: str | None = None, **kwargs: Any):
+        __tracebackhide__ = True
+        if "regen" in kwargs:
+            raise SettingsError("cem_baseline takes no regen=; use pytest --cem-regen or --cem-regen-all.")
+        if name is not None and not isinstance(name, str):
+            raise SettingsError(f"name={name!r} must be a string naming the baseline within the test, e.g. 'roi_a'.")
+        key = name or ""
+        if key in used:
+            raise SettingsError(
+                f"cem_baseline was already called{f' with name={name!r}' if name else ' without a name'} in this test; "
+                "give each baseline of a test its own name=, e.g. cem_baseline(result, name='roi_b')."
+            )
+        used.add(key)
+        stem = _safe_name(item.name) + (f"-{_safe_name(name)}" if name else "")
+        return assert_matches_baseline(result, folder / stem, regen=cem_settings.regen_mode, **kwargs)
+
+    return check

@@ -1,0 +1,206 @@
+"""Per-test records and the session object that gathers them (on the controller only) and writes the results.
+
+Per-test data travels inside the test report: at the end of the call phase the maps and property outcomes of
+a test are appended to ``item.user_properties`` as JSON-safe entries, so pytest-xdist carries them to the
+controller and junit-xml lists them as properties:
+
+- ``("cem", "<JSON>")``: ``{"maps": [map summary, ...], "properties": [property record, ...]}`` (see
+  :mod:`cem_checks.records`);
+- ``("cem:<property name>", "passed: <measured>; bound <bound>")``, one per property outcome, readable.
+
+:class:`CEMSession` is registered as a plugin on the controller (or the only process without xdist); it reads
+those entries from the reports, writes ``--cem-json`` at the end and prints the terminal section
+"causal properties".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .options import CEMSettings, Sources
+
+USER_PROPERTY = "cem"
+PROPERTY_PREFIX = "cem:"
+
+
+@dataclass
+class ItemRecords:
+    """What one test produced: map summaries and property records (both JSON-safe dicts)."""
+
+    maps: list = field(default_factory=list)
+    properties: list = field(default_factory=list)
+    baseline_names: set = field(default_factory=set)
+    attached: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.maps and not self.properties
+
+    def user_properties(self) -> list[tuple[str, str]]:
+        out = [(USER_PROPERTY, json.dumps({"maps": self.maps, "properties": self.properties}, sort_keys=True))]
+        for p in self.properties:
+            verdict = "passed" if p.get("passed") else "failed"
+            out.append((PROPERTY_PREFIX + str(p.get("name")), f"{verdict}: {p.get('measured_text')}; bound {p.get('bound_text')}"))
+        return out
+
+
+SETTINGS_KEY = pytest.StashKey[CEMSettings]()
+RECORDS_KEY = pytest.StashKey[ItemRecords]()
+SOURCES_KEY = pytest.StashKey[Sources]()
+BASE_SETTINGS_KEY = pytest.StashKey[CEMSettings]()
+PATCH_CACHE_KEY = pytest.StashKey[dict]()
+
+
+def records_for(item: pytest.Item) -> ItemRecords:
+    rec = item.stash.get(RECORDS_KEY, None)
+    if rec is None:
+        rec = item.stash[RECORDS_KEY] = ItemRecords()
+    return rec
+
+
+def settings_for(item: pytest.Item) -> CEMSettings:
+    """The resolved settings of ``item`` (its ``cem`` markers over the session's CLI and ini), cached."""
+    cached = item.stash.get(SETTINGS_KEY, None)
+    if cached is not None:
+        return cached
+    from .options import marker_kwargs, resolve_settings
+
+    markers = list(item.iter_markers("cem"))
+    kwargs = marker_kwargs(markers) if markers else {}
+    settings = resolve_settings(item.config.stash[SOURCES_KEY], kwargs)
+    item.stash[SETTINGS_KEY] = settings
+    return settings
+
+
+def _cem_data(report: pytest.TestReport) -> dict | None:
+    for name, value in getattr(report, "user_properties", ()) or ():
+        if name == USER_PROPERTY:
+            try:
+                data = json.loads(value)
+            except (TypeError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+class CEMSession:
+    """Gathers the per-test records from the test reports; writes the JSON results; prints the summary."""
+
+    def __init__(self, config: pytest.Config, settings: CEMSettings):
+        self.config = config
+        self.settings = settings
+        self.tests: dict[str, dict[str, Any]] = {}
+        self.json_written: str | None = None
+        self.json_error: str | None = None
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not (report.when == "call" or (report.when == "setup" and not report.passed)):
+            return
+        data = _cem_data(report)
+        if data is None and "cem" not in report.keywords:
+            return
+        entry: dict[str, Any] = {
+            "nodeid": report.nodeid,
+            "outcome": report.outcome,
+            "duration_s": float(report.duration),
+            "maps": list((data or {}).get("maps", [])),
+            "properties": list((data or {}).get("properties", [])),
+        }
+        if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+            entry["message"] = str(report.longrepr[2])
+        elif report.failed:
+            entry["message"] = report.longreprtext[-4000:]
+        self.tests[report.nodeid] = entry
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.settings.json is None:
+            return
+        try:
+            self.json_written = self.write_json(self.settings.json, int(exitstatus))
+        except OSError as exc:
+            self.json_error = f"cannot write the JSON results to {self.settings.json}: {exc}"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        lines = self.summary_lines(verbose=self.config.get_verbosity() > 0)
+        if not lines:
+            return
+        terminalreporter.write_sep("=", "causal properties")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+    # ------------------------------------------------------------------------------------------ output
+    def failed_properties(self) -> list[tuple[str, dict]]:
+        return [(nodeid, p) for nodeid, t in sorted(self.tests.items()) for p in t["properties"] if not p.get("passed")]
+
+    def summary_lines(self, verbose: bool = False) -> list[str]:
+        s = self.settings
+        if not self.tests and s.json is None and s.report is None:
+            return []
+        lines = []
+        for nodeid, p in self.failed_properties():
+            lines.append(f"FAILED {nodeid} {p.get('name')}: measured {p.get('measured_text')}; bound {p.get('bound_text')}")
+        if verbose:
+            for nodeid, t in sorted(self.tests.items()):
+                for p in t["properties"]:
+                    if p.get("passed"):
+                        lines.append(f"passed {nodeid} {p.get('name')}: measured {p.get('measured_text')}; bound {p.get('bound_text')}")
+        n_props = sum(len(t["properties"]) for t in self.tests.values())
+        n_failed = len(self.failed_properties())
+        n_maps = sum(len(t["maps"]) for t in self.tests.values())
+        lines.append(
+            f"{n_props} propert{'y' if n_props == 1 else 'ies'} checked in {len(self.tests)} test"
+            f"{'' if len(self.tests) == 1 else 's'}: {n_props - n_failed} passed, {n_failed} failed; "
+            f"{n_maps} map{'' if n_maps == 1 else 's'} computed"
+        )
+        if self.json_written is not None:
+            lines.append(f"JSON results: {self.json_written}")
+        elif self.json_error is not None:
+            lines.append(f"JSON results: {self.json_error}")
+        if s.report is not None:
+            lines.append(f"HTML report: not yet available (nothing was written to {s.report}; use --cem-json for now)")
+        return lines
+
+    def document(self, exitstatus: int | None = None) -> dict[str, Any]:
+        """The results file's content (see :mod:`cem_checks.records` for the format)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from cem_checks.records import RESULTS_FORMAT, RESULTS_FORMAT_VERSION
+
+        def ver(dist: str) -> str | None:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return None
+
+        tests = [self.tests[k] for k in sorted(self.tests)]
+        return {
+            "format": RESULTS_FORMAT,
+            "format_version": RESULTS_FORMAT_VERSION,
+            "environment": {"pytest_cem": ver("pytest-cem"), "torch": ver("torch"), "pytest": pytest.__version__},
+            "settings": self.settings.to_record(),
+            "summary": {
+                "tests": len(tests),
+                "maps": sum(len(t["maps"]) for t in tests),
+                "properties": sum(len(t["properties"]) for t in tests),
+                "failed_properties": len(self.failed_properties()),
+                "exitstatus": exitstatus,
+            },
+            "tests": tests,
+        }
+
+    def write_json(self, path: str, exitstatus: int | None = None) -> str:
+        """Write :meth:`document` to ``path`` atomically; returns the path."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.document(exitstatus), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+        return str(p)
