@@ -36,6 +36,7 @@ from .errors import (
     BaselineError,
     CacheWarning,
     CEMError,
+    CheckpointError,
     CEMInputError,
     CEMWarning,
     DeviceError,
@@ -46,9 +47,12 @@ from .errors import (
     PatchBankError,
     PrecisionWarning,
     ROIError,
+    SettingsError,
+    UntrustedCheckpointError,
 )
 from .grid import ROI, BlockGrid
 from .images import load_image
+from .loading import load_model
 from .metrics import (
     EffectCounts,
     context_share,
@@ -82,6 +86,7 @@ __all__ = [
     "CEMWarning",
     "CacheWarning",
     "CausalPropertyError",
+    "CheckpointError",
     "Denoising",
     "Deraining",
     "DeviceError",
@@ -99,8 +104,10 @@ __all__ = [
     "PropertyOutcome",
     "ROI",
     "ROIError",
+    "SettingsError",
     "SuperResolution",
     "Task",
+    "UntrustedCheckpointError",
     "assert_effect_range_between",
     "assert_matches_baseline",
     "assert_negative_fraction_at_most",
@@ -129,6 +136,7 @@ __all__ = [
     "gini",
     "load_baseline",
     "load_image",
+    "load_model",
     "load_patches",
     "locality",
     "max_reach",
