@@ -11,7 +11,9 @@ Results file (``RESULTS_FORMAT`` version ``RESULTS_FORMAT_VERSION``), written by
                 "longrepr": ... (failed/skipped only), "maps": [map summary, ...],
                 "properties": [property record, ...]}, ...]}
 
-A map summary (:func:`map_summary`) holds the run's settings and a few numbers of the map, not its arrays. A
+A map summary (:func:`map_summary`) holds the run's settings, a few numbers of the map and what the HTML report
+needs to draw it: ``effect_db`` (rows x cols list of floats in dB, rounded to 4 decimals, NaN as null),
+``roi_mask`` (rows x cols list of booleans) and ``display_bound_db`` (the task's colour-scale bound). A
 property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` plus ``measured_text`` and
 ``bound_text``, the two strings a summary line shows.
 """
@@ -20,21 +22,40 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import metrics as M
 from .checks import PropertyOutcome, _fmt, run_settings
+from .errors import CEMInputError
 from .result import CEMResult, _json_safe
+from .tasks import parse_task
 
 RESULTS_FORMAT = "pytest-cem-results"
 RESULTS_FORMAT_VERSION = 1
 
+#: Decimals of the per-block effects kept in a map summary (0.1 mdB: far below the 0.01 dB zero threshold).
+EFFECT_DECIMALS = 4
+
 __all__ = ["RESULTS_FORMAT", "RESULTS_FORMAT_VERSION", "map_summary", "property_line", "property_record"]
+
+
+def display_bound(result: CEMResult) -> float:
+    """The colour-scale bound (dB) of ``result``'s task (SR 2.5, DN 1, DR 2); for a task the name does not
+    resolve, the largest absolute effect (1 dB when the map is all zero)."""
+    try:
+        return float(parse_task(result.task).display_bound_db)
+    except (CEMInputError, AttributeError):
+        finite = np.abs(result.effect[np.isfinite(result.effect)])
+        top = float(finite.max()) if finite.size else 0.0
+        return top if top > 0 else 1.0
 
 
 def map_summary(result: CEMResult) -> dict[str, Any]:
     """A JSON-safe summary of ``result``: settings, grid, base PSNR (dB), effect range (dB), block counts, support
-    radius (input px) and cost."""
+    radius (input px), cost, and for drawing it the per-block effect (dB), the ROI mask and the display bound."""
     result = M._check_result(result)
     c = M.counts(result, include_roi=True)
+    effect = np.round(np.asarray(result.effect, dtype=np.float64), EFFECT_DECIMALS)
     return _json_safe(
         {
             "model": result.model,
@@ -54,6 +75,9 @@ def map_summary(result: CEMResult) -> dict[str, Any]:
             "pixels_processed": result.pixels_processed,
             "wall_s": result.wall_s,
             "patch_bank": dict(result.patch_bank),
+            "display_bound_db": display_bound(result),
+            "effect_db": effect,
+            "roi_mask": np.asarray(result.roi_mask, dtype=bool),
         }
     )
 

@@ -112,8 +112,10 @@ def pytest_runtest_call(item: pytest.Item):
         return (yield)
     settings = settings_for(item) if marked else item.config.stash[BASE_SETTINGS_KEY]
     hint = None
-    if settings.json is not None:
-        hint = f"{checks.DEFAULT_MAP_HINT}; this test's maps and properties are written to {settings.json}"
+    written = [f"the HTML report {settings.report}"] if settings.report is not None else []
+    written += [str(settings.json)] if settings.json is not None else []
+    if written:
+        hint = f"{checks.DEFAULT_MAP_HINT}; this test's maps and properties are written to {' and '.join(written)}"
     with checks.collect_outcomes(map_hint=hint) as outcomes:
         try:
             return (yield)

@@ -9,8 +9,8 @@ controller and junit-xml lists them as properties:
 - ``("cem:<property name>", "passed: <measured>; bound <bound>")``, one per property outcome, readable.
 
 :class:`CEMSession` is registered as a plugin on the controller (or the only process without xdist); it reads
-those entries from the reports, writes ``--cem-json`` at the end and prints the terminal section
-"causal properties".
+those entries from the reports, writes ``--cem-json`` and the HTML report ``--cem-report`` (from the same
+document, :mod:`cem_checks.reporting.html`) at the end and prints the terminal section "causal properties".
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ class CEMSession:
         self.tests: dict[str, dict[str, Any]] = {}
         self.json_written: str | None = None
         self.json_error: str | None = None
+        self.report_written: str | None = None
+        self.report_error: str | None = None
 
     # ------------------------------------------------------------------------------------------ hooks
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -121,12 +123,16 @@ class CEMSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.settings.json is None:
-            return
-        try:
-            self.json_written = self.write_json(self.settings.json, int(exitstatus))
-        except OSError as exc:
-            self.json_error = f"cannot write the JSON results to {self.settings.json}: {exc}"
+        if self.settings.json is not None:
+            try:
+                self.json_written = self.write_json(self.settings.json, int(exitstatus))
+            except OSError as exc:
+                self.json_error = f"cannot write the JSON results to {self.settings.json}: {exc}"
+        if self.settings.report is not None:
+            try:
+                self.report_written = self.write_report(self.settings.report, int(exitstatus))
+            except OSError as exc:
+                self.report_error = f"cannot write the HTML report to {self.settings.report}: {exc}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         lines = self.summary_lines(verbose=self.config.get_verbosity() > 0)
@@ -164,8 +170,10 @@ class CEMSession:
             lines.append(f"JSON results: {self.json_written}")
         elif self.json_error is not None:
             lines.append(f"JSON results: {self.json_error}")
-        if s.report is not None:
-            lines.append(f"HTML report: not yet available (nothing was written to {s.report}; use --cem-json for now)")
+        if self.report_written is not None:
+            lines.append(f"HTML report: {self.report_written}")
+        elif self.report_error is not None:
+            lines.append(f"HTML report: {self.report_error}")
         return lines
 
     def document(self, exitstatus: int | None = None) -> dict[str, Any]:
@@ -204,3 +212,9 @@ class CEMSession:
         tmp.write_text(json.dumps(self.document(exitstatus), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, p)
         return str(p)
+
+    def write_report(self, path: str, exitstatus: int | None = None) -> str:
+        """Write the HTML report of :meth:`document` to ``path`` atomically; returns the path."""
+        from cem_checks.reporting.html import write_report
+
+        return write_report(self.document(exitstatus), path, show_passing=bool(self.settings.report_all))

@@ -18,9 +18,9 @@ def test_header_and_summary_section(pytester):
         "FAILED test_suite.py::test_too_wide receptive_field_within: measured support_radius() = 5 px; bound <= 1 px",
         "2 properties checked in 3 tests: 1 passed, 1 failed; 2 maps computed",
         f"JSON results: {pytester.path / 'r.json'}",
-        f"HTML report: not yet available (nothing was written to {pytester.path / 'report.html'}*",
+        f"HTML report: {pytester.path / 'report.html'}",
     ])
-    assert not (pytester.path / "report.html").exists()
+    assert (pytester.path / "report.html").is_file()
     assert "passed test_suite.py::test_local" not in result.stdout.str()  # passes are listed with -v only
 
 

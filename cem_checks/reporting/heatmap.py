@@ -1,0 +1,146 @@
+"""PNG heatmaps of effect maps with Pillow and numpy (no matplotlib).
+
+Display (the method's convention): effects are clipped to +-bound (the task's ``display_bound_db``: SR 2.5,
+DN 1, DR 2 dB), compressed by a signed power 1/1.2 and coloured with a diverging colormap that is white at 0,
+blue for negative and red for positive effects (the anchors of matplotlib's ``"seismic"``). One colour cell per
+block, scaled up to whole pixels; the ROI blocks are outlined. NaN blocks are drawn grey.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+#: Exponent of the signed power applied after clipping.
+POWER = 1 / 1.2
+#: Anchors of matplotlib's "seismic" colormap: position in [0, 1] -> (r, g, b) in [0, 1].
+_SEISMIC = np.array(
+    [
+        [0.00, 0.0, 0.0, 0.3],
+        [0.25, 0.0, 0.0, 1.0],
+        [0.50, 1.0, 1.0, 1.0],
+        [0.75, 1.0, 0.0, 0.0],
+        [1.00, 0.5, 0.0, 0.0],
+    ]
+)
+NAN_RGB = (190, 190, 190)
+OUTLINE_RGB = (0, 0, 0)
+#: Largest side (px) of a heatmap image before the cell size stops growing.
+TARGET_SIDE = 320
+
+
+def display_values(effect: Any, bound: float) -> np.ndarray:
+    """``effect`` (dB) mapped to [-1, 1]: clipped to +-``bound``, divided by it, signed power 1/1.2; NaN stays."""
+    bound = float(bound)
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"bound={bound!r} must be a positive finite number of dB")
+    e = np.asarray(effect, dtype=np.float64)
+    x = np.clip(e / bound, -1.0, 1.0)
+    return np.sign(x) * np.abs(x) ** POWER
+
+
+def seismic(values: Any) -> np.ndarray:
+    """RGB uint8 colours (..., 3) of ``values`` in [-1, 1] (outside: clipped): white at 0, blue < 0, red > 0;
+    NaN gives :data:`NAN_RGB`."""
+    v = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(v)
+    t = (np.clip(np.where(nan, 0.0, v), -1.0, 1.0) + 1.0) / 2.0
+    rgb = np.stack([np.interp(t, _SEISMIC[:, 0], _SEISMIC[:, c]) for c in (1, 2, 3)], axis=-1)
+    out = np.round(rgb * 255.0).astype(np.uint8)
+    out[nan] = NAN_RGB
+    return out
+
+
+def _as_effect(effect: Any) -> np.ndarray:
+    e = np.array([[np.nan if v is None else v for v in row] for row in effect], dtype=np.float64) \
+        if isinstance(effect, list) else np.asarray(effect, dtype=np.float64)
+    if e.ndim != 2 or e.size == 0:
+        raise ValueError(f"expected a non-empty (rows, cols) effect map, got shape {e.shape}")
+    return e
+
+
+def cell_size(rows: int, cols: int) -> int:
+    """Pixels per block side: the image's larger side near :data:`TARGET_SIDE`, 2..32 px per block."""
+    return int(max(2, min(32, TARGET_SIDE // max(rows, cols, 1))))
+
+
+def heatmap_image(effect: Any, bound: float, roi_mask: Any = None, cell: int | None = None) -> Image.Image:
+    """The heatmap of ``effect`` ((rows, cols) dB; lists with None for NaN accepted) as an RGB image."""
+    e = _as_effect(effect)
+    rows, cols = e.shape
+    cell = cell_size(rows, cols) if cell is None else int(cell)
+    rgb = seismic(display_values(e, bound))
+    big = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
+    if roi_mask is not None:
+        m = np.asarray(roi_mask, dtype=bool)
+        if m.shape != e.shape:
+            raise ValueError(f"roi_mask has shape {m.shape}; the effect map has {e.shape}")
+        _outline(big, m, cell)
+    return Image.fromarray(big, mode="RGB")
+
+
+def _outline(img: np.ndarray, mask: np.ndarray, cell: int) -> None:
+    """Draw the boundary of the ``mask`` blocks (edges between a masked block and anything else) in place."""
+    w = max(1, cell // 6)
+    rows, cols = mask.shape
+    padded = np.pad(mask, 1)
+    for r, c in zip(*np.nonzero(mask)):
+        y0, x0 = r * cell, c * cell
+        if not padded[r, c + 1]:  # above
+            img[y0:y0 + w, x0:x0 + cell] = OUTLINE_RGB
+        if not padded[r + 2, c + 1]:  # below
+            img[y0 + cell - w:y0 + cell, x0:x0 + cell] = OUTLINE_RGB
+        if not padded[r + 1, c]:  # left
+            img[y0:y0 + cell, x0:x0 + w] = OUTLINE_RGB
+        if not padded[r + 1, c + 2]:  # right
+            img[y0:y0 + cell, x0 + cell - w:x0 + cell] = OUTLINE_RGB
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def heatmap_png(effect: Any, bound: float, roi_mask: Any = None, cell: int | None = None) -> bytes:
+    """PNG bytes of :func:`heatmap_image`."""
+    return _png(heatmap_image(effect, bound, roi_mask, cell))
+
+
+def _fmt_db(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.3g} dB"
+
+
+def colorbar_image(bound: float, vmin: float | None, vmax: float | None, width: int = 320, height: int = 14) -> Image.Image:
+    """A horizontal colour bar from -``bound`` to +``bound`` (same display transform as the heatmap), with
+    ticks at the map's min and max effect and labels "min ... dB" (left) and "max ... dB" (right) below it."""
+    bound = float(bound)
+    t = np.linspace(-1.0, 1.0, width)
+    row = seismic(np.sign(t) * np.abs(t) ** POWER)
+    bar = np.repeat(row[None, :, :], height, axis=0)
+    font = ImageFont.load_default()
+    label_h = 30
+    img = Image.new("RGB", (width, height + label_h), (255, 255, 255))
+    img.paste(Image.fromarray(bar, mode="RGB"), (0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=(120, 120, 120))
+    for v in (vmin, vmax):
+        if v is not None and math.isfinite(v):
+            x = int(round((min(max(v / bound, -1.0), 1.0) + 1.0) / 2.0 * (width - 1)))
+            draw.line([x, 0, x, height + 3], fill=(0, 0, 0), width=1)
+    draw.text((1, height + 3), f"-{bound:g}", fill=(60, 60, 60), font=font)
+    end = f"+{bound:g} dB"
+    draw.text((width - 1 - draw.textlength(end, font=font), height + 3), end, fill=(60, 60, 60), font=font)
+    draw.text((1, height + 16), f"min {_fmt_db(vmin)}", fill=(0, 0, 0), font=font)
+    right = f"max {_fmt_db(vmax)}"
+    draw.text((width - 1 - draw.textlength(right, font=font), height + 16), right, fill=(0, 0, 0), font=font)
+    return img
+
+
+def colorbar_png(bound: float, vmin: float | None, vmax: float | None, width: int = 320) -> bytes:
+    """PNG bytes of :func:`colorbar_image`."""
+    return _png(colorbar_image(bound, vmin, vmax, width))
