@@ -20,7 +20,8 @@ test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m pytest example_suite -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest example_suite -p no:cacheprovider --cem-report cem-report.html --cem-json cem-results.json \
+		--cem-cache-dir .cem-cache $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_paper.py

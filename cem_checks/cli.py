@@ -1,10 +1,24 @@
-"""The ``cem`` console command."""
+"""The ``cem`` console command: ``cem map`` (one map to .npz), ``cem run`` (a checkpoint's map as an HTML report
+or JSON results) and ``cem report`` (the HTML report of one or more JSON results files, merged)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
+
+REPORT_HELP = """\
+Render one HTML report from one or more JSON results files (pytest --cem-json, cem run -o FILE.json).
+Several files are merged, as the shards of one CI matrix run on different machines: every test, map and property
+outcome of every file, in file order, with the summary counts recomputed. A test id present in more than one
+file is kept from each and labelled with its source file name, e.g. "test_x.py::test_a [shard-2.json]".
+"cem report merge a.json b.json -o report.html" is the same as "cem report a.json b.json -o report.html".
+An output ending in .json writes the merged JSON results instead of HTML.
+"""
 
 
 def _parse_roi(text: str) -> tuple[int, int, int]:
@@ -15,14 +29,7 @@ def _parse_roi(text: str) -> tuple[int, int, int]:
     return x, y, s
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="cem", description="Causal effect maps of low-level vision models.")
-    parser.add_argument("--version", action="version", version=f"cem {__version__}")
-    sub = parser.add_subparsers(dest="command")
-    m = sub.add_parser("map", help="compute a causal effect map of a TorchScript model and save it (.npz)")
-    m.add_argument("--model", required=True, help="TorchScript file (torch.jit.save)")
+def _add_map_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--image", required=True, help="clean image file")
     m.add_argument("--task", required=True, help="sr<scale> | dn<sigma> | dr, e.g. sr4, dn50, dr")
     m.add_argument("--roi", required=True, type=_parse_roi, help="X,Y,SIZE in output pixels")
@@ -32,16 +39,55 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-dir", default=None, help="folder for resumable partial results")
     m.add_argument("--device", default="auto")
     m.add_argument("--patches", default=None, help=".npy patch bank or folder of images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="cem", description="Causal effect maps of low-level vision models.")
+    parser.add_argument("--version", action="version", version=f"cem {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    m = sub.add_parser("map", help="compute a causal effect map of a TorchScript model and save it (.npz)")
+    m.add_argument("--model", required=True, help="TorchScript file (torch.jit.save)")
+    _add_map_arguments(m)
     m.add_argument("-o", "--output", required=True, help="where to write the result (.npz)")
+
+    r = sub.add_parser(
+        "run", help="compute the map of a checkpoint and write an HTML report (or JSON results)",
+        description="Load a checkpoint (TorchScript, safetensors or torch.save state_dict; see "
+                    "cem_checks.loading.load_model), compute its causal effect map, optionally check a property, "
+                    "and write the HTML report (or JSON results when -o ends in .json). Exit code 0, 1 when the "
+                    "checked property fails, 2 for bad input.",
+    )
+    r.add_argument("--model", required=True, help="checkpoint file: TorchScript, safetensors or torch.save")
+    r.add_argument("--arch", default=None, metavar="MODULE:CALLABLE",
+                   help="builds the module for a state_dict: a class with from_state_dict or a factory returning "
+                        "an nn.Module, e.g. mypkg.nets:build or path/to/nets.py:build (the current folder is "
+                        "importable); 'spandrel' detects the architecture")
+    r.add_argument("--trust", action="store_true",
+                   help="allow full unpickling of a torch.save of a whole module (runs code named in the file)")
+    _add_map_arguments(r)
+    r.add_argument("--assert-receptive-field", type=float, default=None, metavar="R",
+                   help="check that nothing beyond R input px of the ROI affects it (support radius <= R)")
+    r.add_argument("--all", action="store_true", help="open passing properties in the HTML report")
+    r.add_argument("-o", "--output", required=True, help="report.html, or results.json for the JSON results")
+
+    rep = sub.add_parser("report", help="render (and merge) JSON results files into one HTML report",
+                         description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("files", nargs="+", metavar="RESULTS.json", help="results files, merged in this order")
+    rep.add_argument("-o", "--output", required=True, help="report.html, or merged.json for the merged JSON results")
+    rep.add_argument("--all", action="store_true", help="open passing properties in the report")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+def _error(message: str) -> int:
+    print(f"cem: error: {message}", file=sys.stderr)
+    return 2
+
+
+# ------------------------------------------------------------------------------------------ cem map
+def _cmd_map(args: argparse.Namespace) -> int:
     import torch
 
     from . import compute_cem
@@ -65,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
         )
     except CEMError as exc:
-        print(f"cem: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     path = result.save(args.output)
     c = result.effect
     print(
@@ -74,6 +119,152 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"[{c.min():+.3f}, {c.max():+.3f}] dB, {result.forward_passes} forward passes in {result.wall_s:.1f} s -> {path}"
     )
     return 0
+
+
+# ------------------------------------------------------------------------------------------ cem run
+def resolve_arch(spec: str | None) -> Any:
+    """The object named by ``--arch``: ``None``, ``"spandrel"``, ``MODULE:ATTR`` (dotted attribute allowed) or
+    ``path/to/file.py:ATTR``; the current folder (and the file's folder) is importable. Raises :class:`CheckpointError`."""
+    from .errors import CheckpointError
+
+    if spec is None or spec == "spandrel":
+        return spec
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CheckpointError(f"--arch {spec!r}: expected MODULE:CALLABLE, e.g. mypkg.nets:build or nets.py:build.")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise CheckpointError(f"--arch {spec!r}: no file {module_name!r}.")
+            folder = str(path.resolve().parent)  # so that the file can import its sibling modules
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            mod_spec = importlib.util.spec_from_file_location(f"_cem_arch_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any error raised while importing the user's module
+        raise CheckpointError(f"--arch {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc}).") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CheckpointError(f"--arch {spec!r}: {module_name!r} has no attribute {attr!r}.") from None
+    return obj
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import compute_cem
+    from .checks import check_receptive_field_within, with_map_hint
+    from .errors import CEMError
+    from .loading import load_model
+    from .records import map_summary, property_record, record_test, results_document, write_document
+    from .reporting.html import write_report
+
+    out = Path(args.output)
+    try:
+        arch = resolve_arch(args.arch)
+        model = load_model(args.model, arch, trust=args.trust)
+        result = compute_cem(
+            model,
+            args.image,
+            task=args.task,
+            roi=args.roi,
+            block_size=args.block_size,
+            patches=args.patches,
+            mode=args.mode,
+            seed=args.seed,
+            device=args.device,
+            cache_dir=args.cache_dir,
+        )
+        properties = []
+        if args.assert_receptive_field is not None:
+            outcome = check_receptive_field_within(result, args.assert_receptive_field)
+            properties.append(property_record(with_map_hint(outcome, f"see the map in {out}")))
+    except CEMError as exc:
+        return _error(str(exc))
+    failed = any(not p.get("passed") for p in properties)
+    x, y, s = args.roi
+    nodeid = f"cem run {Path(args.model).name} on {Path(args.image).name} ({args.task}, ROI {x},{y},{s})"
+    summary = map_summary(result)
+    if summary.get("model") == "RecursiveScriptModule":  # a TorchScript archive: name the scripted class
+        summary["model"] = str(getattr(model, "original_name", "") or Path(args.model).name)
+    entry = record_test(nodeid, outcome="failed" if failed else "passed", duration_s=result.wall_s,
+                        maps=[summary], properties=properties,
+                        message="\n".join(p.get("message") or "" for p in properties if not p.get("passed")) or None)
+    settings = {
+        "model_file": str(args.model), "arch": args.arch, "image": str(args.image), "task": args.task,
+        "roi": list(args.roi), "block_size": args.block_size, "mode": args.mode, "seed": args.seed,
+        "device": args.device,
+    }
+    document = results_document([entry], settings=settings, exitstatus=1 if failed else 0)
+    try:
+        if out.suffix.lower() == ".json":
+            written = write_document(document, out)
+        else:
+            written = write_report(document, out, show_passing=args.all)
+    except OSError as exc:
+        return _error(f"cannot write {str(out)!r}: {exc}")
+    c = result.effect
+    print(
+        f"map {result.rows}x{result.cols} blocks, base PSNR {result.base_psnr:.2f} dB, effect range "
+        f"[{c.min():+.3f}, {c.max():+.3f}] dB, support radius {entry['maps'][0]['support_radius_px']} px, "
+        f"{result.forward_passes} forward passes in {result.wall_s:.1f} s"
+    )
+    for p in properties:
+        print(f"{p['name']} {'passed' if p.get('passed') else 'FAILED'}: {p['measured_text']}; bound {p['bound_text']}")
+    print(f"{'JSON results' if out.suffix.lower() == '.json' else 'HTML report'}: {written}")
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------ cem report
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .errors import CEMError
+    from .records import load_document, merge_documents, write_document
+    from .reporting.html import write_report
+
+    files = list(args.files)
+    if files[0] == "merge" and len(files) > 1 and not Path("merge").is_file():
+        files = files[1:]  # "cem report merge a.json b.json": the alias spelling
+    out = Path(args.output)
+    try:
+        documents = [load_document(f) for f in files]
+        document = documents[0] if len(documents) == 1 else merge_documents(documents, files)
+    except CEMError as exc:
+        return _error(str(exc))
+    try:
+        if out.suffix.lower() == ".json":
+            written = write_document(document, out)
+        else:
+            written = write_report(document, out, show_passing=args.all)
+    except OSError as exc:
+        return _error(f"cannot write {str(out)!r}: {exc}")
+    s = document.get("summary") or {}
+    print(
+        f"{len(files)} results file{'' if len(files) == 1 else 's'}: {s.get('tests')} tests, {s.get('maps')} maps, "
+        f"{s.get('properties')} properties ({s.get('failed_properties')} failed) -> {written}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "report":
+        return _cmd_report(args)
+    if args.command == "run":
+        return _cmd_run(args)
+    return _cmd_map(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

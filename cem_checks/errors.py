@@ -78,3 +78,8 @@ class CheckpointError(CEMInputError):
 class UntrustedCheckpointError(CheckpointError):
     """A checkpoint needs full unpickling (it may run arbitrary code) and the caller did not opt in with
     ``trust=True``."""
+
+
+class ResultsFileError(CEMInputError):
+    """A results file (``--cem-json``) cannot be read: missing, not JSON, not a results document, or of another
+    format version."""
