@@ -1,0 +1,156 @@
+"""--cem-report in a real browser: the report of a tiny suite opens in headless Chromium without console errors,
+its heatmaps are drawn (not blank), and the sort/filter script of the property table works.
+
+Skipped when Chromium (``chromium`` on PATH, or the binary named by ``CEM_CHROMIUM``) or the Playwright Python
+package is absent. With ``CEM_SCREENSHOT_OUT=PATH`` the test also saves a small PNG screenshot of the report there
+(cropped to the top of the page and scaled down, under 300 KB).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from plugin_inner import make_suite
+
+pytest_plugins = ["pytester"]
+
+CHROMIUM = os.environ.get("CEM_CHROMIUM") or shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip("Chromium is not installed (no `chromium` on PATH; on Debian: apt-get install chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the Playwright Python package is not installed "
+                                                             "(pip install playwright)")
+
+#: Flags of a quiet, self-contained headless run (Playwright adds ``--headless`` itself).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+SUITE = """
+    @pytest.mark.cem(**TINY)
+    def test_local(cem):
+        cc.assert_receptive_field_within(cem(ConvStack((1, 1)), IMG), radius=2)
+
+    @pytest.mark.cem(**TINY)
+    def test_too_wide(cem):
+        cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)
+"""
+
+MAX_SCREENSHOT_BYTES = 300_000
+
+
+@pytest.fixture
+def report(pytester) -> Path:
+    make_suite(pytester, SUITE)
+    pytester.runpytest("--cem-report", "report.html").assert_outcomes(passed=1, failed=1)
+    return pytester.path / "report.html"
+
+
+@pytest.fixture
+def page(tmp_path):
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 800}, device_scale_factor=1,
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def visible_rows(page) -> list[list[str]]:
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll("#properties tbody tr"))
+                 .filter(r => r.style.display !== "none")
+                 .map(r => Array.from(r.cells).map(c => c.textContent.trim()))"""
+    )
+
+
+def page_box(page, element) -> tuple[int, int, int, int]:
+    """The element's box in page (full-page screenshot) pixels: left, top, right, bottom."""
+    b = element.evaluate(
+        """e => { const r = e.getBoundingClientRect();
+                  return [r.left + window.scrollX, r.top + window.scrollY, r.right + window.scrollX,
+                          r.bottom + window.scrollY]; }"""
+    )
+    return tuple(round(v) for v in b)
+
+
+def coloured_pixels(img: Image.Image) -> tuple[int, int, int]:
+    """Counts of non-white, clearly red and clearly blue pixels of an RGB image."""
+    px = np.asarray(img.convert("RGB"), dtype=np.int16)
+    r, b = px[..., 0], px[..., 2]
+    return int((px.min(axis=-1) < 245).sum()), int((r - b > 40).sum()), int((b - r > 40).sum())
+
+
+def save_docs_screenshot(shot: Image.Image, bottom: int, out: Path) -> None:
+    """The top of the page down to ``bottom`` (the first heatmap's colour bar), at most 900 px wide, as a
+    256-colour palette PNG."""
+    crop = shot.crop((0, 0, shot.width, min(shot.height, bottom)))
+    if crop.width > 900:
+        crop = crop.resize((900, round(crop.height * 900 / crop.width)), Image.LANCZOS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    crop.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(out, optimize=True)
+    assert out.stat().st_size < MAX_SCREENSHOT_BYTES
+
+
+def test_report_renders_in_chromium(report, page):
+    console, errors = [], []
+    page.on("console", lambda m: console.append((m.type, m.text)))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    page.wait_for_function(
+        "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+    assert page.title() == "pytest-cem report"
+    assert errors == []
+    assert [m for m in console if m[0] == "error"] == []
+
+    # the heatmaps are decoded and drawn: non-white, with red/blue (signed effect) cells
+    heatmaps = page.query_selector_all("img.heatmap")
+    assert len(heatmaps) == 2
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True, type="png"))).convert("RGB")
+    for h in heatmaps:
+        left, top, right, bottom = page_box(page, h)
+        assert right - left >= 100 and bottom - top >= 100
+        assert 0 <= left and 0 <= top and right <= shot.width and bottom <= shot.height
+        non_white, red, blue = coloured_pixels(shot.crop((left, top, right, bottom)))
+        area = (right - left) * (bottom - top)
+        assert non_white > area // 20, f"heatmap at {(left, top, right, bottom)} is (almost) blank"
+        assert red + blue > area // 50, f"heatmap at {(left, top, right, bottom)} has no red/blue cells"
+
+    out = os.environ.get("CEM_SCREENSHOT_OUT")
+    if out:
+        colorbar = page.query_selector("img.colorbar")
+        save_docs_screenshot(shot, page_box(page, colorbar)[3] + 40, Path(out))
+
+    # the table: failures first; sorting by test name, then filtering
+    rows = visible_rows(page)
+    assert [(r[0], r[1]) for r in rows] == [("failed", "test_suite.py::test_too_wide"),
+                                            ("passed", "test_suite.py::test_local")]
+    page.click("#properties th[data-col='1']")
+    assert page.get_attribute("#properties th[data-col='1']", "data-dir") == "asc"
+    assert [r[1] for r in visible_rows(page)] == ["test_suite.py::test_local", "test_suite.py::test_too_wide"]
+    page.click("#properties th[data-col='1']")
+    assert page.get_attribute("#properties th[data-col='1']", "data-dir") == "desc"
+    assert [r[1] for r in visible_rows(page)] == ["test_suite.py::test_too_wide", "test_suite.py::test_local"]
+
+    page.fill("#filter-text", "LOCAL")
+    assert [r[1] for r in visible_rows(page)] == ["test_suite.py::test_local"]
+    page.fill("#filter-text", "")
+    page.select_option("#filter-status", "failed")
+    assert [(r[0], r[1]) for r in visible_rows(page)] == [("failed", "test_suite.py::test_too_wide")]
+    page.fill("#filter-text", "local")
+    assert visible_rows(page) == []
+
+    assert errors == []
+    assert [m for m in console if m[0] == "error"] == []
