@@ -90,7 +90,6 @@ def _error(message: str) -> int:
 def _cmd_map(args: argparse.Namespace) -> int:
     import torch
 
-    from . import compute_cem
     from .errors import CEMError
 
     try:
@@ -98,18 +97,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
             model = torch.jit.load(args.model, map_location="cpu")
         except (RuntimeError, ValueError, OSError) as exc:
             raise CEMError(f"--model {args.model!r} is not a TorchScript file (torch.jit.save): {exc}") from None
-        result = compute_cem(
-            model,
-            args.image,
-            task=args.task,
-            roi=args.roi,
-            block_size=args.block_size,
-            patches=args.patches,
-            mode=args.mode,
-            seed=args.seed,
-            device=args.device,
-            cache_dir=args.cache_dir,
-        )
+        result = _compute(model, args)
     except CEMError as exc:
         return _error(str(exc))
     path = result.save(args.output)
@@ -161,7 +149,6 @@ def resolve_arch(spec: str | None) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import compute_cem
     from .checks import check_receptive_field_within, with_map_hint
     from .errors import CEMError
     from .loading import load_model
@@ -172,18 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         arch = resolve_arch(args.arch)
         model = load_model(args.model, arch, trust=args.trust)
-        result = compute_cem(
-            model,
-            args.image,
-            task=args.task,
-            roi=args.roi,
-            block_size=args.block_size,
-            patches=args.patches,
-            mode=args.mode,
-            seed=args.seed,
-            device=args.device,
-            cache_dir=args.cache_dir,
-        )
+        result = _compute(model, args)
         properties = []
         if args.assert_receptive_field is not None:
             outcome = check_receptive_field_within(result, args.assert_receptive_field)
@@ -252,6 +228,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
         f"{s.get('properties')} properties ({s.get('failed_properties')} failed) -> {written}"
     )
     return 0
+
+
+def _compute(model, args: argparse.Namespace):
+    """The map of ``model`` with the settings shared by ``cem map`` and ``cem run``."""
+    from . import compute_cem
+
+    return compute_cem(
+        model,
+        args.image,
+        task=args.task,
+        roi=args.roi,
+        block_size=args.block_size,
+        patches=args.patches,
+        mode=args.mode,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

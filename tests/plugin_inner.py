@@ -30,9 +30,9 @@ def make_suite(pytester, body: str, name: str = "test_suite"):
     return pytester.makepyfile(**{name: PREAMBLE + dedent(body)})
 
 
-#: Two tests with a map and a property each (radius-2 model: support radius 1 px with blocks of 4 px; radius-5
-#: model: 5 px), one skipped for an absent device, one test without maps.
-MIXED_SUITE = """
+#: Two tests with a map and a property each (radius-2 model: support radius 1 px with blocks of 4 px;
+#: radius-5 model: 5 px): one property passes, one fails.
+TWO_PROPERTY_SUITE = """
     @pytest.mark.cem(**TINY)
     def test_local(cem):
         cc.assert_receptive_field_within(cem(ConvStack((1, 1)), IMG), radius=2)
@@ -40,7 +40,10 @@ MIXED_SUITE = """
     @pytest.mark.cem(**TINY)
     def test_too_wide(cem):
         cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)
+"""
 
+#: The two tests above, one skipped for an absent device, one test without maps.
+MIXED_SUITE = TWO_PROPERTY_SUITE + """
     @pytest.mark.cem(device="cuda:63")
     def test_absent_device(cem):
         pass

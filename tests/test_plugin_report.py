@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from plugin_inner import make_suite
+from plugin_inner import TWO_PROPERTY_SUITE, make_suite
 from test_report_html import decode, parse
 
 pytest_plugins = ["pytester"]
 
-SUITE = """
-    @pytest.mark.cem(**TINY)
-    def test_local(cem):
-        cc.assert_receptive_field_within(cem(ConvStack((1, 1)), IMG), radius=2)
-
-    @pytest.mark.cem(**TINY)
-    def test_too_wide(cem):
-        cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)
-"""
 
 
 def test_report_lists_both_properties_failure_first(pytester):
-    make_suite(pytester, SUITE)
+    make_suite(pytester, TWO_PROPERTY_SUITE)
     result = pytester.runpytest("--cem-report", "out/report.html")
     result.assert_outcomes(passed=1, failed=1)
     path = pytester.path / "out" / "report.html"
@@ -41,7 +32,7 @@ def test_report_lists_both_properties_failure_first(pytester):
 
 
 def test_report_all_opens_passing_properties(pytester):
-    make_suite(pytester, SUITE)
+    make_suite(pytester, TWO_PROPERTY_SUITE)
     pytester.runpytest("--cem-report", "r.html", "--cem-report-all", "-k", "local").assert_outcomes(passed=1)
     html = (pytester.path / "r.html").read_text(encoding="utf-8")
     assert '<details class="prop passed" open>' in html and "prop failed" not in html
@@ -50,7 +41,7 @@ def test_report_all_opens_passing_properties(pytester):
 @pytest.mark.slow
 def test_only_the_xdist_controller_writes_the_report(pytester):
     pytest.importorskip("xdist")
-    make_suite(pytester, SUITE)
+    make_suite(pytester, TWO_PROPERTY_SUITE)
     result = pytester.runpytest_subprocess("-n", "2", "--cem-report", "r.html", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"HTML report: {pytester.path / 'r.html'}"])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plugin_inner import make_suite
+from plugin_inner import TWO_PROPERTY_SUITE, make_suite
 
 pytest_plugins = ["pytester"]
 
@@ -32,22 +32,13 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the Playwright Pyt
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
 
-SUITE = """
-    @pytest.mark.cem(**TINY)
-    def test_local(cem):
-        cc.assert_receptive_field_within(cem(ConvStack((1, 1)), IMG), radius=2)
-
-    @pytest.mark.cem(**TINY)
-    def test_too_wide(cem):
-        cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)
-"""
 
 MAX_SCREENSHOT_BYTES = 300_000
 
 
 @pytest.fixture
 def report(pytester) -> Path:
-    make_suite(pytester, SUITE)
+    make_suite(pytester, TWO_PROPERTY_SUITE)
     pytester.runpytest("--cem-report", "report.html").assert_outcomes(passed=1, failed=1)
     return pytester.path / "report.html"
 
