@@ -24,7 +24,8 @@ demo: setup
 		--cem-cache-dir .cem-cache $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) benchmarks/bench_paper.py
+	$(PY) benchmarks/bench_engine.py --estimate-paper dncnn256
+	$(PY) benchmarks/bench_precision.py --size 32
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
