@@ -50,8 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from .checks import OffendingBlock, PropertyOutcome, _finish, _map_hint, run_settings
-from .checks import __tracebackhide__  # noqa: F401  (pytest hides this module's frames of a failed property)
+from ._io import atomic_write
+from .checks import (
+    OffendingBlock,
+    PropertyOutcome,
+    __tracebackhide__,  # noqa: F401  (pytest hides this module's frames of a failed property)
+    _finish,
+    _map_hint,
+    run_settings,
+)
 from .errors import BaselineError, CEMInputError, describe_value
 from .grid import ROI
 from .metrics import _check_bool, _check_number, _check_result
@@ -107,14 +114,6 @@ def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,11 +221,11 @@ class Baseline:
         """Write ``<stem>.npz`` and ``<stem>.json`` (each atomically; arrays first). Returns both paths."""
         npz, js = baseline_paths(path)
         arrays = self.arrays()
-        _atomic_write(npz, lambda fh: np.savez_compressed(fh, **arrays))
+        atomic_write(npz, lambda fh: np.savez_compressed(fh, **arrays))
         meta = self.metadata()
         meta["arrays_file"] = npz.name
         text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        _atomic_write(js, lambda fh: fh.write(text.encode("utf-8")))
+        atomic_write(js, lambda fh: fh.write(text.encode("utf-8")))
         return npz, js
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._io import atomic_write, atomic_write_text
 from .errors import CacheWarning, CEMInputError
 
 CACHE_VERSION = 1
@@ -96,13 +97,7 @@ class ChunkCache:
             raise CEMInputError(f"cache_dir={str(root)!r} cannot be created or written: {exc}. Pass a writable folder.") from exc
         key_file = self.dir / "key.json"
         if not key_file.exists():
-            self._atomic_write_text(key_file, json.dumps(json.loads(text), indent=2, sort_keys=True))
-
-    @staticmethod
-    def _atomic_write_text(path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+            atomic_write_text(key_file, json.dumps(json.loads(text), indent=2, sort_keys=True))
 
     def _path(self, phase: str, index: int) -> Path:
         return self.dir / f"{phase}-{index:05d}.npz"
@@ -149,20 +144,12 @@ class ChunkCache:
         if not self.enabled:
             return
         path = self._path(phase, index)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        checksum = np.array(_checksum(drops, changed))
         try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, drops=drops, changed=changed, checksum=np.array(_checksum(drops, changed)),
-                         what=np.array(what))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, lambda fh: np.savez(fh, drops=drops, changed=changed, checksum=checksum,
+                                                   what=np.array(what)), fsync=True)
         except OSError as exc:
             warnings.warn(f"cannot write cache file {str(path)!r} ({exc}); this chunk is not cached.", CacheWarning,
                           stacklevel=3)
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             return
         self.writes += 1

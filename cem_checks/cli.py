@@ -152,8 +152,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .checks import check_receptive_field_within, with_map_hint
     from .errors import CEMError
     from .loading import load_model
-    from .records import map_summary, property_record, record_test, results_document, write_document
-    from .reporting.html import write_report
+    from .records import map_summary, property_record, record_test, results_document
 
     out = Path(args.output)
     try:
@@ -182,10 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     }
     document = results_document([entry], settings=settings, exitstatus=1 if failed else 0)
     try:
-        if out.suffix.lower() == ".json":
-            written = write_document(document, out)
-        else:
-            written = write_report(document, out, show_passing=args.all)
+        written = _write_results(document, out, show_passing=args.all)
     except OSError as exc:
         return _error(f"cannot write {str(out)!r}: {exc}")
     c = result.effect
@@ -203,8 +199,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ cem report
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import CEMError
-    from .records import load_document, merge_documents, write_document
-    from .reporting.html import write_report
+    from .records import load_document, merge_documents
 
     files = list(args.files)
     if files[0] == "merge" and len(files) > 1 and not Path("merge").is_file():
@@ -216,10 +211,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except CEMError as exc:
         return _error(str(exc))
     try:
-        if out.suffix.lower() == ".json":
-            written = write_document(document, out)
-        else:
-            written = write_report(document, out, show_passing=args.all)
+        written = _write_results(document, out, show_passing=args.all)
     except OSError as exc:
         return _error(f"cannot write {str(out)!r}: {exc}")
     s = document.get("summary") or {}
@@ -228,6 +220,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         f"{s.get('properties')} properties ({s.get('failed_properties')} failed) -> {written}"
     )
     return 0
+
+
+def _write_results(document: dict, out: Path, show_passing: bool) -> str:
+    """Write a results document as JSON when ``out`` ends in .json, else as the HTML report."""
+    from .records import write_document
+    from .reporting.html import write_report
+
+    if out.suffix.lower() == ".json":
+        return write_document(document, out)
+    return write_report(document, out, show_passing=show_passing)
 
 
 def _compute(model, args: argparse.Namespace):

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import metrics as M
+from ._io import atomic_write_text
 from .checks import PropertyOutcome, _fmt, run_settings
 from .errors import CEMInputError, ResultsFileError
 from .result import CEMResult, _json_safe
@@ -214,12 +215,7 @@ def load_document(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_document(document: dict, path: str | os.PathLike) -> str:
     """Write ``document`` as JSON to ``path`` atomically (temporary file, then rename); returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
-    return str(p)
+    return str(atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"))
 
 
 def _labels(sources: Sequence[str]) -> list[str]:

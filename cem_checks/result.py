@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write
 from .errors import CEMInputError
 from .grid import ROI, BlockGrid
 
@@ -265,12 +266,9 @@ class CEMResult:
         meta["roi"] = list(self.roi.as_tuple())
         meta["format_version"] = FORMAT_VERSION
         arrays = {name: getattr(self, name) for name in ARRAY_FIELDS}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(
+            path, lambda fh: np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CEMResult":

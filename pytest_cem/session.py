@@ -16,9 +16,7 @@ document, :mod:`cem_checks.reporting.html`) at the end and prints the terminal s
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,12 +204,9 @@ class CEMSession:
 
     def write_json(self, path: str, exitstatus: int | None = None) -> str:
         """Write :meth:`document` to ``path`` atomically; returns the path."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.document(exitstatus), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
-        return str(p)
+        from cem_checks.records import write_document
+
+        return write_document(self.document(exitstatus), path)
 
     def write_report(self, path: str, exitstatus: int | None = None) -> str:
         """Write the HTML report of :meth:`document` to ``path`` atomically; returns the path."""

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_text
 from .heatmap import cell_size, colorbar_png, heatmap_png
 
 TEMPLATE = "report.html.j2"
@@ -189,10 +190,4 @@ def render_report(document: dict, show_passing: bool = False) -> str:
 
 def write_report(document: dict, path: str | os.PathLike, show_passing: bool = False) -> str:
     """Render ``document`` and write it to ``path`` atomically (temporary file, then rename); returns the path."""
-    html = render_report(document, show_passing)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, p)
-    return str(p)
+    return str(atomic_write_text(path, render_report(document, show_passing)))
