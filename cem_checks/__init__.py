@@ -30,7 +30,7 @@ from .checks import (
     check_uses_context_beyond,
     collect_outcomes,
 )
-from .devices import resolve_device
+from .devices import resolve_device, spread_device
 from .engine import MAX_PSNR_DB, FastOptions, compute_cem
 from .errors import (
     BaselineError,
@@ -144,6 +144,7 @@ __all__ = [
     "parse_task",
     "positive_fraction",
     "resolve_device",
+    "spread_device",
     "save_baseline",
     "significant_effect",
     "support_radius",

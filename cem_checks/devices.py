@@ -51,3 +51,22 @@ def resolve_device(device: Any = "auto") -> torch.device:
             raise DeviceError(f"device={device!r} was requested but Apple MPS is not available; use 'cpu' or 'auto'.")
         return torch.device("mps")
     return torch.device("cpu")
+
+
+_WORKER_RE = re.compile(r"^gw(\d+)$")
+
+
+def spread_device(device: Any, worker: str | None, gpu_count: int) -> Any:
+    """The device a pytest-xdist worker should use for ``device`` when several GPUs are present.
+
+    ``worker`` is the xdist worker id (``"gw0"``, ``"gw1"``, ...; ``None`` or ``"master"`` outside xdist) and
+    ``gpu_count`` the number of CUDA devices. ``"cuda"`` (and ``"auto"`` when there is a GPU) on worker ``gwN``
+    becomes ``"cuda:{N % gpu_count}"``, so workers are spread round-robin over the GPUs; an explicit index
+    (``"cuda:1"``), ``"cpu"``, ``"mps"``, a ``torch.device`` or a single GPU leave ``device`` unchanged.
+    """
+    if gpu_count < 2 or worker is None:
+        return device
+    m = _WORKER_RE.match(worker)
+    if m is None or not isinstance(device, str) or device.strip().lower() not in ("cuda", "auto"):
+        return device
+    return f"cuda:{int(m.group(1)) % gpu_count}"

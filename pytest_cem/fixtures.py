@@ -84,12 +84,21 @@ def cem_settings(request: pytest.FixtureRequest) -> CEMSettings:
 
 @pytest.fixture
 def cem_device(cem_settings: CEMSettings):
-    """The ``torch.device`` of this test's maps; skips the test when this machine lacks that device."""
-    from cem_checks import resolve_device
+    """The ``torch.device`` of this test's maps; skips the test when this machine lacks that device.
+
+    Under pytest-xdist with several GPUs, ``cuda`` (or ``auto``) without an index puts worker ``gwN`` on
+    ``cuda:{N % gpu_count}``, spreading the workers over the GPUs."""
+    import os
+
+    import torch
+
+    from cem_checks import resolve_device, spread_device
     from cem_checks.errors import DeviceError
 
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = spread_device(cem_settings.device, os.environ.get("PYTEST_XDIST_WORKER"), gpus)
     try:
-        return resolve_device(cem_settings.device)
+        return resolve_device(device)
     except DeviceError as exc:
         pytest.skip(f"cem device {cem_settings.device!r} is not available: {exc}")
 
