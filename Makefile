@@ -4,8 +4,17 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# `make test-spandrel`: a second environment with the optional spandrel extra. spandrel imports torchvision,
+# and torchvision only imports beside the torch it was built for, so this environment pins both.
+SPANDREL_VENV        ?= .venv-spandrel
+SPANDREL_TORCH       ?= torch==2.14.1
+SPANDREL_TORCHVISION ?= torchvision==0.29.1
+SPY                  := $(SPANDREL_VENV)/bin/python
+# the checkpoint-loading tests (run with spandrel here; in .venv the spandrel ones skip)
+SPANDREL_TESTS         ?= tests/test_plugin_load_model.py $(wildcard tests/test_loading*.py)
+SPANDREL_EXAMPLE_TESTS ?= example_suite/test_spandrel_checkpoints.py
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean setup-spandrel test-spandrel
 
 setup: $(VENV)/.installed
 
@@ -27,5 +36,20 @@ bench: setup
 	$(PY) benchmarks/bench_engine.py --estimate-paper dncnn256
 	$(PY) benchmarks/bench_precision.py --size 32
 
+setup-spandrel: $(SPANDREL_VENV)/.installed
+
+$(SPANDREL_VENV)/.installed: pyproject.toml Makefile
+	test -x $(SPY) || $(PYTHON) -m venv $(SPANDREL_VENV)
+	$(SPY) -m pip install --quiet --upgrade pip
+	$(SPY) -m pip install --quiet "$(SPANDREL_TORCH)" "$(SPANDREL_TORCHVISION)"
+	$(SPY) -m pip install --quiet -e '.[dev,spandrel]'
+	$(SPY) -c "import torchvision, spandrel"
+	touch $@
+
+# tests/ and example_suite/ each have their own conftest.py and helper modules: two pytest runs keep them apart
+test-spandrel: setup-spandrel
+	$(SPY) -m pytest $(SPANDREL_TESTS) -rs $(PYTEST_ARGS)
+	$(SPY) -m pytest $(SPANDREL_EXAMPLE_TESTS) -p no:cacheprovider -rs $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SPANDREL_VENV) build *.egg-info .pytest_cache

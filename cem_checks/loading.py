@@ -157,6 +157,15 @@ def _spandrel(sd: dict, where: str) -> nn.Module:
             "cem_checks.models.DnCNN, a factory returning an nn.Module, or an nn.Module instance), or install the "
             "optional extra pip install 'pytest-cem[spandrel]' to detect the architecture automatically."
         ) from None
+    except Exception as exc:  # installed, but fails to import: typically torchvision built for another torch
+        import torch
+
+        raise CheckpointError(
+            f"{where} holds a state_dict and spandrel is installed but fails to import beside torch "
+            f"{torch.__version__} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); install a "
+            "torchvision built for this torch (e.g. torch==2.14.1 with torchvision==0.29.1), or pass arch= (a class "
+            "with from_state_dict, a factory returning an nn.Module, or an nn.Module instance)."
+        ) from exc
     try:
         descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(sd)
     except Exception as exc:  # spandrel.UnsupportedModelError and errors of its architecture detection

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+import sys
 
 import pytest
 import torch
@@ -17,6 +18,29 @@ from plugin_inner import make_suite
 
 pytest_plugins = ["pytester"]
 
+
+def spandrel_unavailable() -> str | None:
+    """Why spandrel cannot be used in this environment, or None when it can."""
+    hint = "`make test-spandrel` runs these in an environment with spandrel and a matching torchvision"
+    if importlib.util.find_spec("spandrel") is None:
+        return f"spandrel not installed (optional extra pytest-cem[spandrel]); {hint}"
+    if importlib.util.find_spec("torchvision") is None:
+        return f"spandrel is installed but torchvision, which it imports, is not; {hint}"
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # a torchvision built for another torch fails with RuntimeError
+        return (f"spandrel is installed but torchvision does not import beside torch {torch.__version__} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}")
+    try:
+        import spandrel  # noqa: F401
+    except Exception as exc:
+        return f"spandrel does not import ({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}"
+    return None
+
+
+SPANDREL_UNAVAILABLE = spandrel_unavailable()
+needs_spandrel = pytest.mark.skipif(SPANDREL_UNAVAILABLE is not None, reason=SPANDREL_UNAVAILABLE or "")
+
 X = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
@@ -25,8 +49,9 @@ def same(a, b) -> bool:
         return torch.equal(a(X), b(X))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+# DeprecationWarning in torch 2.13, FutureWarning in 2.14
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_torchscript(tmp_path):
     net = ConvStack((1, 1), seed=3)
     torch.jit.script(net).save(str(tmp_path / "m.pt"))
@@ -62,19 +87,52 @@ def test_safetensors(tmp_path):
     assert same(load_model(tmp_path / "m.safetensors", arch=lambda: ConvStack((1, 1))), net)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("spandrel") is not None, reason="spandrel is installed")
-def test_a_state_dict_without_arch_asks_for_one_or_spandrel(tmp_path):
+def test_a_state_dict_without_arch_asks_for_one_or_spandrel(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # `import spandrel` fails, as without the extra
     torch.save(ConvStack((1, 1)).state_dict(), tmp_path / "sd.pth")
     with pytest.raises(CheckpointError, match=r"pass arch=.*pip install 'pytest-cem\[spandrel\]'"):
         load_model(tmp_path / "sd.pth")
 
 
+def test_a_spandrel_that_fails_to_import_gives_a_checkpoint_error(tmp_path, monkeypatch):
+    """spandrel installed beside a torchvision built for another torch raises RuntimeError on import."""
+    fake = tmp_path / "site" / "spandrel"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.delitem(sys.modules, "spandrel", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    torch.save(ConvStack((1, 1)).state_dict(), tmp_path / "sd.pth")
+    with pytest.raises(CheckpointError, match=r"spandrel is installed but fails to import beside torch .*"
+                       r"RuntimeError: operator torchvision::nms.*torchvision built for this torch.*pass arch="):
+        load_model(tmp_path / "sd.pth")
+
+
+@needs_spandrel
 def test_spandrel_detects_the_architecture(tmp_path):
-    pytest.importorskip("torchvision")
-    pytest.importorskip("spandrel")
     dn = DnCNN()  # spandrel knows DnCNN (KAIR's layout: model.{0,2,...}.weight)
     torch.save(dn.state_dict(), tmp_path / "dncnn.pth")
     assert same(load_model(tmp_path / "dncnn.pth"), dn)
+    assert same(load_model(tmp_path / "dncnn.pth", arch="spandrel"), dn)
+
+
+@needs_spandrel
+def test_spandrel_reports_an_architecture_it_does_not_know(tmp_path):
+    torch.save(ConvStack((1, 1)).state_dict(), tmp_path / "sd.pth")  # keys convs.{0,1}.*: no known layout
+    with pytest.raises(CheckpointError, match=r"spandrel does not recognise the architecture of .*sd\.pth.*pass arch="):
+        load_model(tmp_path / "sd.pth")
+
+
+@needs_spandrel
+def test_the_fixture_loads_with_spandrel(pytester):
+    torch.save(DnCNN(features=16, depth=8).state_dict(), pytester.path / "dncnn.pth")
+    make_suite(pytester, """
+        def test_load(cem_load_model):
+            from spandrel.architectures.DnCNN import DnCNN
+
+            model = cem_load_model("dncnn.pth")
+            assert isinstance(model, DnCNN) and not model.training
+    """)
+    pytester.runpytest().assert_outcomes(passed=1)
 
 
 def test_whole_modules_need_trust(tmp_path):
