@@ -29,6 +29,21 @@ def _parse_roi(text: str) -> tuple[int, int, int]:
     return x, y, s
 
 
+def _max_image_px(text: str) -> int:
+    from .reporting.images import DEFAULT_MAX_IMAGE_PX
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"--max-image-px {text!r} is not a size in pixels; expected an integer >= 0 (the longest side of the "
+            f"embedded input and output images; 0 embeds none), e.g. --max-image-px {DEFAULT_MAX_IMAGE_PX}"
+        )
+    return value
+
+
 def _add_map_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("--image", required=True, help="clean image file")
     m.add_argument("--task", required=True, help="sr<scale> | dn<sigma> | dr, e.g. sr4, dn50, dr")
@@ -43,6 +58,7 @@ def _add_map_arguments(m: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .reporting.images import DEFAULT_MAX_IMAGE_PX
 
     parser = argparse.ArgumentParser(prog="cem", description="Causal effect maps of low-level vision models.")
     parser.add_argument("--version", action="version", version=f"cem {__version__}")
@@ -71,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--assert-receptive-field", type=float, default=None, metavar="R",
                    help="check that nothing beyond R input px of the ROI affects it (support radius <= R)")
     r.add_argument("--all", action="store_true", help="open passing properties in the HTML report")
+    r.add_argument("--max-image-px", type=_max_image_px, default=DEFAULT_MAX_IMAGE_PX, metavar="N",
+                   help="longest side (px) of the model input and output images embedded in the report or JSON "
+                        f"(larger ones are downscaled); 0 embeds none (default: {DEFAULT_MAX_IMAGE_PX})")
     r.add_argument("-o", "--output", required=True, help="report.html, or results.json for the JSON results")
 
     rep = sub.add_parser("report", help="render (and merge) JSON results files into one HTML report",
@@ -168,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failed = any(not p.get("passed") for p in properties)
     x, y, s = args.roi
     nodeid = f"cem run {Path(args.model).name} on {Path(args.image).name} ({args.task}, ROI {x},{y},{s})"
-    summary = map_summary(result)
+    summary = map_summary(result, max_image_px=args.max_image_px)
     if summary.get("model") == "RecursiveScriptModule":  # a TorchScript archive: name the scripted class
         summary["model"] = str(getattr(model, "original_name", "") or Path(args.model).name)
     entry = record_test(nodeid, outcome="failed" if failed else "passed", duration_s=result.wall_s,
@@ -177,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = {
         "model_file": str(args.model), "arch": args.arch, "image": str(args.image), "task": args.task,
         "roi": list(args.roi), "block_size": args.block_size, "mode": args.mode, "seed": args.seed,
-        "device": args.device,
+        "device": args.device, "max_image_px": args.max_image_px,
     }
     document = results_document([entry], settings=settings, exitstatus=1 if failed else 0)
     try:

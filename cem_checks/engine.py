@@ -864,4 +864,6 @@ def compute_cem(
         patch_bank=bank.describe(),
         model=model_name(model),
         meta=meta,
+        input_image=torch.round(degraded[0].detach().cpu().double().clamp(0, 1) * 255.0).to(torch.uint8).permute(1, 2, 0).numpy(),
+        output_image=torch.round(first[0].detach().cpu().double().clamp(0, 1) * 255.0).to(torch.uint8).permute(1, 2, 0).numpy(),
     )

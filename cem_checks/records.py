@@ -13,7 +13,14 @@ Results file (``RESULTS_FORMAT`` version ``RESULTS_FORMAT_VERSION``), written by
 
 A map summary (:func:`map_summary`) holds the run's settings, a few numbers of the map and what the HTML report
 needs to draw it: ``effect_db`` (rows x cols list of floats in dB, rounded to 4 decimals, NaN as null),
-``roi_mask`` (rows x cols list of booleans) and ``display_bound_db`` (the task's colour-scale bound). A
+``roi_mask`` (rows x cols list of booleans), ``display_bound_db`` (the task's colour-scale bound),
+``distance_px`` (rows x cols ints: each block's Chebyshev distance to the ROI footprint, input px), ``stderr_db``
+(rows x cols, dB, 4 decimals, null where undefined), ``n_samples`` (rows x cols ints: draws per block),
+``uncertainty`` (:func:`uncertainty_summary`) and ``images``: ``{"max_px": cap, "input": image, "output": image}``
+where each image is None (cap 0, or a result without images) or the record of
+:func:`cem_checks.reporting.images.embed_image` (a base64 PNG of longest side <= cap and the ROI box in its
+pixels; the input is the degraded model input, the output the model's baseline output, both 8-bit). Summaries
+written by older versions lack these keys; the report says so where they would be drawn. A
 property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` plus ``measured_text`` and
 ``bound_text``, the two strings a summary line shows.
 
@@ -36,6 +43,7 @@ from ._io import atomic_write_text
 from .checks import PropertyOutcome, _fmt, run_settings
 from .errors import CEMInputError, ResultsFileError
 from .result import CEMResult, _json_safe
+from .reporting.images import DEFAULT_MAX_IMAGE_PX, check_max_image_px, embed_image
 from .tasks import parse_task
 
 RESULTS_FORMAT = "pytest-cem-results"
@@ -49,6 +57,7 @@ __all__ = [
     "RESULTS_FORMAT_VERSION",
     "check_document",
     "load_document",
+    "map_images",
     "map_summary",
     "merge_documents",
     "property_line",
@@ -56,6 +65,7 @@ __all__ = [
     "record_test",
     "results_document",
     "summarize",
+    "uncertainty_summary",
     "write_document",
 ]
 
@@ -71,12 +81,64 @@ def display_bound(result: CEMResult) -> float:
         return top if top > 0 else 1.0
 
 
-def map_summary(result: CEMResult) -> dict[str, Any]:
+def uncertainty_summary(result: CEMResult) -> dict[str, Any]:
+    """How precise the map is, from ``result``'s per-block arrays (ROI blocks included).
+
+    Sampled blocks are those with ``n_samples > 0`` (fast mode's group testing leaves the blocks it proves exactly
+    zero unsampled). Keys: ``sampled_blocks``; ``stderr_median_db`` / ``stderr_max_db`` (over sampled blocks with
+    a finite stderr; None when there are none); ``ci_halfwidth_max_db`` (largest half-width of the 95 % interval
+    over the same blocks); ``nonzero_blocks`` (effect != 0) and ``nonzero_ci_contains_zero`` (of those, how many
+    have ``ci_low <= 0 <= ci_high``: their sign is not established at 95 %); ``draws_total``, ``draws_mean`` (per
+    sampled block; None when none) and ``draws_max`` (of ``n_samples``)."""
+    n = np.asarray(result.n_samples, dtype=np.int64)
+    se = np.asarray(result.stderr, dtype=np.float64)
+    lo, hi = np.asarray(result.ci_low, dtype=np.float64), np.asarray(result.ci_high, dtype=np.float64)
+    effect = np.asarray(result.effect, dtype=np.float64)
+    sampled = n > 0
+    known = sampled & np.isfinite(se)
+    half = (hi - lo) / 2.0
+    half_known = known & np.isfinite(half)
+    nonzero = np.isfinite(effect) & (effect != 0)
+    crosses = nonzero & np.isfinite(lo) & np.isfinite(hi) & (lo <= 0) & (hi >= 0)
+    n_sampled = int(sampled.sum())
+    return {
+        "sampled_blocks": n_sampled,
+        "stderr_median_db": float(np.median(se[known])) if known.any() else None,
+        "stderr_max_db": float(se[known].max()) if known.any() else None,
+        "ci_halfwidth_max_db": float(half[half_known].max()) if half_known.any() else None,
+        "nonzero_blocks": int(nonzero.sum()),
+        "nonzero_ci_contains_zero": int(crosses.sum()),
+        "draws_total": int(n.sum()),
+        "draws_mean": float(n.sum() / n_sampled) if n_sampled else None,
+        "draws_max": int(n.max()) if n.size else 0,
+    }
+
+
+def map_images(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> dict[str, Any]:
+    """The ``images`` entry of a map summary: ``{"max_px", "input", "output"}``, the input and output images of
+    ``result`` embedded as base64 PNGs of longest side <= ``max_image_px`` with the ROI box (input: the ROI's
+    footprint, ROI / scale; output: the ROI) in their pixels; None for an image the result lacks, both None when
+    ``max_image_px`` is 0."""
+    cap = check_max_image_px(max_image_px)
+    roi = result.roi
+    out_box = (roi.x, roi.y, roi.x + roi.size, roi.y + roi.size)
+    return {
+        "max_px": cap,
+        "input": embed_image(result.input_image, roi.footprint(result.scale), cap),
+        "output": embed_image(result.output_image, out_box, cap),
+    }
+
+
+def map_summary(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> dict[str, Any]:
     """A JSON-safe summary of ``result``: settings, grid, base PSNR (dB), effect range (dB), block counts, support
-    radius (input px), cost, and for drawing it the per-block effect (dB), the ROI mask and the display bound."""
+    radius (input px), cost, and for drawing it the per-block effect (dB), the ROI mask, the display bound, the
+    per-block distance (input px), stderr (dB) and draws, the :func:`uncertainty_summary` and the input and
+    output images (:func:`map_images`, longest side <= ``max_image_px``; 0 embeds none)."""
     result = M._check_result(result)
+    images = map_images(result, max_image_px)
     c = M.counts(result, include_roi=True)
     effect = np.round(np.asarray(result.effect, dtype=np.float64), EFFECT_DECIMALS)
+    stderr = np.round(np.asarray(result.stderr, dtype=np.float64), EFFECT_DECIMALS)
     return _json_safe(
         {
             "model": result.model,
@@ -99,6 +161,11 @@ def map_summary(result: CEMResult) -> dict[str, Any]:
             "display_bound_db": display_bound(result),
             "effect_db": effect,
             "roi_mask": np.asarray(result.roi_mask, dtype=bool),
+            "distance_px": np.asarray(result.distance, dtype=np.int64),
+            "stderr_db": stderr,
+            "n_samples": np.asarray(result.n_samples, dtype=np.int64),
+            "uncertainty": uncertainty_summary(result),
+            "images": images,
         }
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from .options import CEMSettings, engine_keywords
-from .session import PATCH_CACHE_KEY, records_for, settings_for
+from .session import PATCH_CACHE_KEY, records_for, settings_for, summary_image_px
 
 
 def _patch_bank(config: pytest.Config, source: Any):
@@ -71,7 +71,7 @@ class CEMRunner:
         if "patches" not in kwargs:
             kw["patches"] = _patch_bank(self._item.config, kw.get("patches"))
         result = compute_cem(model, image, **kw)
-        records_for(self._item).maps.append(map_summary(result))
+        records_for(self._item).maps.append(map_summary(result, max_image_px=summary_image_px(self.settings)))
         self.results.append(result)
         return result
 

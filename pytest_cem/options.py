@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping
 __all__ = ["OPTIONS", "CEMSettings", "Option", "Sources", "engine_keywords", "marker_kwargs", "resolve_settings"]
 
 SOURCES = ("marker", "cli", "ini", "default")
+#: Default of ``report_max_image_px``: :data:`cem_checks.reporting.images.DEFAULT_MAX_IMAGE_PX` (not imported here).
+DEFAULT_MAX_IMAGE_PX = 384
 
 
 def _settings_error(message: str) -> Exception:
@@ -78,6 +80,17 @@ def _batch_size(value: Any, where: str) -> int | str:
         raise _settings_error(
             f"{where}={value!r} must be 'auto' or an integer >= 1 (images per forward pass), e.g. {where}=8."
         ) from None
+
+
+def _image_px(value: Any, where: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _settings_error(
+            f"{where}={value!r} is not a size in pixels; expected an integer >= 0 (the longest side of the input "
+            f"and output images embedded per map; 0 embeds none), e.g. {where}={DEFAULT_MAX_IMAGE_PX} or {where}=0."
+        )
+    return value
 
 
 def _flag(value: Any, where: str) -> bool:
@@ -161,6 +174,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("json", "write the maps and property outcomes of every test to this JSON file", _path, None,
            path=True, metavar="PATH"),
     Option("report_all", "list passing properties in the report too", _flag, False, flag=True),
+    Option("report_max_image_px", "longest side (px) of the model input and output images embedded per map in the "
+           "HTML report and the JSON results (larger images are downscaled); 0 embeds none", _image_px,
+           DEFAULT_MAX_IMAGE_PX, metavar="N"),
     Option("baseline_dir", "folder of the regression baselines of cem_baseline", _path, "cem_baselines",
            path=True, metavar="DIR"),
     Option("regen", "rewrite the regression baselines that differ (those tests still fail)", _flag, False,
@@ -191,6 +207,7 @@ class CEMSettings:
     report: str | None
     json: str | None
     report_all: bool
+    report_max_image_px: int
     baseline_dir: str
     regen: bool
     regen_all: bool

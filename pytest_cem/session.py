@@ -55,6 +55,15 @@ BASE_SETTINGS_KEY = pytest.StashKey[CEMSettings]()
 PATCH_CACHE_KEY = pytest.StashKey[dict]()
 
 
+def summary_image_px(settings: CEMSettings) -> int:
+    """The longest side (px) of the images a map summary embeds under ``settings``: ``--cem-report-max-image-px``
+    when the session writes an HTML report or JSON results, else 0 (nothing reads them; the records that travel
+    in ``user_properties`` stay small)."""
+    if settings.report is None and settings.json is None:
+        return 0
+    return int(settings.report_max_image_px)
+
+
 def records_for(item: pytest.Item) -> ItemRecords:
     rec = item.stash.get(RECORDS_KEY, None)
     if rec is None:

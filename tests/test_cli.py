@@ -152,6 +152,32 @@ def test_cem_run_torchscript_writes_a_report(tmp_path, image):
     assert [(r[0], r[2]) for r in p.rows] == [("passed", "receptive_field_within")]
     assert "cem run m.pt on img.png (dn25, ROI 8,8,8)" in html and "ConvStack" in html
     assert len([1 for cls, _ in p.images if cls == "heatmap"]) == 1
+    # the default cap (384 px) keeps the 32x32 input and output whole: drawn with the map over the input
+    assert sorted(cls for cls, _ in p.images if cls and cls.startswith("picture")) == [
+        "picture input", "picture output", "picture overlay"]
+    assert '<svg class="profile"' in html and "uncertainty" in html
+
+
+def test_cem_run_max_image_px_0_embeds_no_images(tmp_path, image, capsys):
+    from cem_checks.cli import main  # in process: the console script itself is run by the tests above
+
+    torch.save(ConvStack().state_dict(), tmp_path / "m.pt")  # what nets:ConvStack builds
+    assert main(["run", "--model", str(tmp_path / "m.pt"), "--arch", "nets:ConvStack", "--image", str(image), *RUN,
+                 "--max-image-px", "0", "-o", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    (m,) = doc["tests"][0]["maps"]
+    assert m["images"] == {"max_px": 0, "input": None, "output": None} and doc["settings"]["max_image_px"] == 0
+    assert len(m["distance_px"]) == 8 and m["uncertainty"]["draws_total"] > 0  # the rest is still recorded
+    assert main(["report", str(tmp_path / "r.json"), "-o", str(tmp_path / "r.html")]) == 0
+    p = parse((tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert not [cls for cls, _ in p.images if cls and cls.startswith("picture")]
+    assert any("images not embedded: the maximum image size was 0 px" in t for t in p.text)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--model", str(tmp_path / "m.pt"), "--arch", "nets:ConvStack", "--image", str(image), *RUN, "--max-image-px", "-3",
+              "-o", str(tmp_path / "x.html")])
+    assert exit_.value.code == 2 and not (tmp_path / "x.html").exists()
+    assert "--max-image-px '-3' is not a size in pixels; expected an integer >= 0" in capsys.readouterr().err
 
 
 def test_cem_run_safetensors_with_arch_factory(tmp_path, image):

@@ -1,5 +1,6 @@
 """--cem-report in a real browser: the report of a tiny suite opens in headless Chromium without console errors,
-its heatmaps are drawn (not blank), and the sort/filter script of the property table works.
+its heatmaps, input/output/overlay images (with the ROI box) and effect-vs-distance charts are drawn (not blank),
+and the sort/filter script of the property table works.
 
 Skipped when Chromium (``chromium`` on PATH, or the binary named by ``CEM_CHROMIUM``) or the Playwright Python
 package is absent. With ``CEM_SCREENSHOT_OUT=PATH`` the test also saves a small PNG screenshot of the report there
@@ -82,8 +83,8 @@ def coloured_pixels(img: Image.Image) -> tuple[int, int, int]:
 
 
 def save_docs_screenshot(shot: Image.Image, bottom: int, out: Path) -> None:
-    """The top of the page down to ``bottom`` (the first heatmap's colour bar), at most 900 px wide, as a
-    256-colour palette PNG."""
+    """The top of the page down to ``bottom`` (below the first map's effect-vs-distance chart), at most 900 px
+    wide, as a 256-colour palette PNG."""
     crop = shot.crop((0, 0, shot.width, min(shot.height, bottom)))
     if crop.width > 900:
         crop = crop.resize((900, round(crop.height * 900 / crop.width)), Image.LANCZOS)
@@ -119,10 +120,33 @@ def test_report_renders_in_chromium(report, page):
         assert non_white > area // 20, f"heatmap at {(left, top, right, bottom)} is (almost) blank"
         assert red + blue > area // 50, f"heatmap at {(left, top, right, bottom)} has no red/blue cells"
 
+    # the input, output and overlay images are drawn, each with the green ROI box
+    for cls in ("input", "output", "overlay"):
+        pictures = page.query_selector_all(f"img.picture.{cls}")
+        assert len(pictures) == 2, cls
+        for img in pictures:
+            left, top, right, bottom = page_box(page, img)
+            assert right - left >= 100 and bottom - top >= 100
+            px = np.asarray(shot.crop((left, top, right, bottom)), dtype=np.int16)
+            assert px.std() > 5, f"{cls} image at {(left, top, right, bottom)} is flat"
+            green = (px[..., 1] > 200) & (px[..., 0] < 60) & (px[..., 2] < 60)
+            assert green.sum() > 20, f"{cls} image at {(left, top, right, bottom)} shows no ROI box"
+
+    # the effect-vs-distance charts: one point per block outside the ROI (8x8 blocks, 2x2 in the ROI)
+    charts = page.query_selector_all("svg.profile")
+    assert len(charts) == 2
+    for chart in charts:
+        left, top, right, bottom = page_box(page, chart)
+        assert right - left >= 300 and bottom - top >= 200
+        assert len(chart.query_selector_all("circle.pt")) == 60
+        non_white, red, blue = coloured_pixels(shot.crop((left, top, right, bottom)))
+        assert non_white > 500 and red + blue > 0, "the chart is not drawn"
+
     out = os.environ.get("CEM_SCREENSHOT_OUT")
     if out:
-        colorbar = page.query_selector("img.colorbar")
-        save_docs_screenshot(shot, page_box(page, colorbar)[3] + 40, Path(out))
+        # down to the first map's chart and uncertainty summary
+        bottom = max(page_box(page, page.query_selector(sel))[3] for sel in ("figure.panel-profile", "div.uncertainty"))
+        save_docs_screenshot(shot, bottom + 12, Path(out))
 
     # the table: failures first; sorting by test name, then filtering
     rows = visible_rows(page)

@@ -111,6 +111,38 @@ def heatmap_png(effect: Any, bound: float, roi_mask: Any = None, cell: int | Non
     return _png(heatmap_image(effect, bound, roi_mask, cell))
 
 
+#: Colour of the largest value of :func:`sequential` (0 is white).
+SEQUENTIAL_TOP_RGB = (84, 39, 143)
+
+
+def sequential(values: Any, vmax: float) -> np.ndarray:
+    """RGB uint8 colours (..., 3) of non-negative ``values``: white at 0 to :data:`SEQUENTIAL_TOP_RGB` at ``vmax``
+    (clipped above); NaN gives :data:`NAN_RGB`."""
+    v = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(v)
+    vmax = float(vmax)
+    t = np.clip(np.where(nan, 0.0, v) / vmax, 0.0, 1.0) if math.isfinite(vmax) and vmax > 0 else np.zeros(v.shape)
+    top = np.asarray(SEQUENTIAL_TOP_RGB, dtype=np.float64)
+    out = np.round(255.0 + t[..., None] * (top - 255.0)).astype(np.uint8)
+    out[nan] = NAN_RGB
+    return out
+
+
+def sequential_png(values: Any, vmax: float, roi_mask: Any = None, cell: int | None = None) -> bytes:
+    """PNG bytes of a (rows, cols) map of non-negative ``values`` (lists with None for NaN accepted) coloured by
+    :func:`sequential`, one cell per block, ROI blocks outlined."""
+    v = _as_effect(values)
+    rows, cols = v.shape
+    cell = max(2, cell_size(rows, cols) // 2) if cell is None else int(cell)
+    big = np.repeat(np.repeat(sequential(v, vmax), cell, axis=0), cell, axis=1)
+    if roi_mask is not None:
+        m = np.asarray(roi_mask, dtype=bool)
+        if m.shape != v.shape:
+            raise ValueError(f"roi_mask has shape {m.shape}; the map has {v.shape}")
+        _outline(big, m, cell)
+    return _png(Image.fromarray(big, mode="RGB"))
+
+
 def _fmt_db(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:+.3g} dB"
 

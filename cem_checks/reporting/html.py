@@ -1,8 +1,11 @@
 """The self-contained HTML report of a results document (:mod:`cem_checks.records`, as ``--cem-json`` writes it).
 
 :func:`render_report` turns the document into one HTML page: summary, a sortable and filterable table of the
-properties (failures first), and per test its maps (heatmap and colour bar as base64 PNG data URIs, block counts,
-settings) and properties (measured vs bound). No external resources: the page opens offline.
+properties (failures first), and per test its maps and properties (measured vs bound). Per map: the degraded model
+input and the model output with the ROI box, the effect map over the input and per block with a colour bar (base64
+PNG data URIs), the effect-vs-distance chart (inline SVG), the uncertainty summary with a stderr map, block counts
+and settings. No external resources and no script library: the page opens offline. Maps recorded by older
+versions, without images, distances or stderr, render with a note in place of what they lack.
 
 The Jinja2 templates live in the top-level ``templates/`` folder of the source tree, installed inside the wheel as
 ``cem_checks/templates/`` (see :func:`template_dir`). Autoescape is on and undefined names raise; all the logic is
@@ -19,8 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from .._io import atomic_write_text
-from .heatmap import cell_size, colorbar_png, heatmap_png
+from .heatmap import _png, cell_size, colorbar_png, heatmap_png, sequential_png
+from .images import boxed_image, overlay_image
 
 TEMPLATE = "report.html.j2"
 
@@ -64,15 +71,179 @@ def _anchor(index: int, nodeid: str) -> str:
     return f"t{index}-{slug}" if slug else f"t{index}"
 
 
+def _grid(values: Any, shape: tuple[int, int] | None, dtype=float) -> "np.ndarray | None":
+    """A (rows, cols) array of a record's nested list (None as NaN for floats), or None when absent, not 2-D or
+    not of ``shape`` (any non-empty 2-D shape when None)."""
+    if not isinstance(values, list):
+        return None
+    try:
+        if dtype is float:
+            a = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=np.float64)
+        else:
+            a = np.array(values, dtype=dtype)
+    except (TypeError, ValueError):
+        return None
+    if a.ndim != 2 or not a.size:
+        return None
+    return a if shape is None or a.shape == tuple(shape) else None
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> tuple[float, float, list[float]]:
+    """Round tick values (1, 2 or 5 times a power of ten) covering ``[lo, hi]`` with about ``n`` ticks; returns
+    the widened range and the ticks. ``integer``: steps of at least 1."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        lo, hi = (lo - 1.0, lo + 1.0) if math.isfinite(lo) else (-1.0, 1.0)
+    raw = (hi - lo) / max(1, n - 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 5.0, 10.0) if m * mag >= raw)
+    if integer:
+        step = max(1.0, float(round(step)))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    ticks = [k * step for k in range(first, last + 1)]
+    return ticks[0], ticks[-1], ticks
+
+
+def _tick_label(v: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    text = f"{v:.{decimals}f}"
+    return "0" if float(text) == 0 else text
+
+
+#: Geometry of the effect-vs-distance chart (SVG user units = CSS px).
+CHART = {"width": 380, "height": 240, "left": 56, "right": 12, "top": 12, "bottom": 44}
+#: Point colours of the chart: positive (red), negative (blue) and zero (grey) effects.
+CHART_COLOURS = {"pos": "#e00000", "neg": "#0030e0", "zero": "#9a9a9a"}
+
+
+def profile_chart(effect: Any, roi_mask: Any, distance: Any) -> dict | None:
+    """The geometry of the effect-vs-distance chart of a map (numbers only; the template draws the SVG): one point
+    per block outside the ROI with a finite effect (x: Chebyshev distance to the ROI in input px, y: effect dB),
+    in order of distance, and the line of the mean effect per distance. None when a grid is missing."""
+    e = _grid(effect, None)
+    if e is None:
+        return None
+    roi = _grid(roi_mask, e.shape, bool)
+    d = _grid(distance, e.shape, np.int64)
+    if roi is None or d is None:
+        return None
+    keep = ~roi & np.isfinite(e)
+    g = dict(CHART)
+    pw, ph = g["width"] - g["left"] - g["right"], g["height"] - g["top"] - g["bottom"]
+    n_roi = int(roi.sum())
+    if not keep.any():
+        return {**g, "points": [], "n_points": 0, "n_roi": n_roi, "empty": True}
+    rows, cols = np.nonzero(keep)
+    dist = d[rows, cols].astype(np.int64)
+    eff = e[rows, cols]
+    order = np.lexsort((cols, rows, dist))
+    rows, cols, dist, eff = rows[order], cols[order], dist[order], eff[order]
+    x_lo, x_hi, x_ticks = nice_ticks(0.0, float(max(1, dist.max())), 6, integer=True)
+    y_lo, y_hi, y_ticks = nice_ticks(min(0.0, float(eff.min())), max(0.0, float(eff.max())), 5)
+    if y_lo == y_hi:
+        y_lo, y_hi = y_lo - 1.0, y_hi + 1.0
+
+    def X(v: float) -> float:
+        return round(g["left"] + (v - x_lo) / (x_hi - x_lo) * pw, 2)
+
+    def Y(v: float) -> float:
+        return round(g["top"] + (y_hi - v) / (y_hi - y_lo) * ph, 2)
+
+    points = [
+        {"cx": X(dd), "cy": Y(ee), "kind": "pos" if ee > 0 else "neg" if ee < 0 else "zero",
+         "distance": int(dd), "effect": f"{ee:+.4g}", "row": int(r), "col": int(c)}
+        for r, c, dd, ee in zip(rows.tolist(), cols.tolist(), dist.tolist(), eff.tolist())
+    ]
+    means = [(int(v), float(eff[dist == v].mean())) for v in np.unique(dist)]
+    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
+    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
+    return {
+        **g,
+        "empty": False,
+        "plot_right": g["width"] - g["right"],
+        "plot_bottom": g["height"] - g["bottom"],
+        "x_ticks": [(X(v), _tick_label(v, x_step)) for v in x_ticks],
+        "y_ticks": [(Y(v), _tick_label(v, y_step)) for v in y_ticks],
+        "zero_y": Y(0.0),
+        "points": points,
+        "n_points": len(points),
+        "n_roi": n_roi,
+        "mean_line": " ".join(f"{X(v)},{Y(m)}" for v, m in means),
+        "means": [{"distance": v, "cx": X(v), "cy": Y(m), "effect": f"{m:+.4g}"} for v, m in means],
+        "x_label_x": round(g["left"] + pw / 2, 2),
+        "x_label_y": g["height"] - 6,
+        "y_label_x": 14,
+        "y_label_y": round(g["top"] + ph / 2, 2),
+        "colours": CHART_COLOURS,
+    }
+
+
+def _image_views(m: dict, effect: Any, bound: Any) -> tuple[dict, str | None]:
+    """The data URIs of the input, output and overlay images of a map summary (None where there is none), the
+    overlay's width (px, 0 without one) and a note saying why images are missing (None when all are drawn)."""
+    views: dict[str, Any] = {"input": None, "output": None, "overlay": None, "overlay_width": 0}
+    images = m.get("images")
+    if not isinstance(images, dict):
+        return views, "no image data in the records (this map was recorded by an older pytest-cem)"
+    if images.get("max_px") == 0:
+        return views, ("images not embedded: the maximum image size was 0 px (--cem-report-max-image-px / "
+                       "--max-image-px)")
+    notes = []
+    for key, what in (("input", "input"), ("output", "output")):
+        rec = images.get(key)
+        if not isinstance(rec, dict):
+            notes.append(f"no {what} image in the records (the result carries none, e.g. a map built with "
+                         "CEMResult.from_effects or loaded from a file saved without images)")
+            continue
+        try:
+            arr, _ = boxed_image(rec)
+            views[key] = _data_uri(_png(Image.fromarray(arr, mode="RGB")))
+            if key == "input" and effect and bound:
+                over, _ = overlay_image(rec, effect, bound)
+                views["overlay"] = _data_uri(_png(Image.fromarray(over, mode="RGB")))
+                views["overlay_width"] = int(over.shape[1])
+        except (ValueError, TypeError, KeyError) as exc:
+            notes.append(f"unreadable {what} image data in the records ({exc})")
+    return views, "; ".join(notes) or None
+
+
+def _uncertainty_view(m: dict) -> dict | None:
+    u = m.get("uncertainty")
+    if not isinstance(u, dict):
+        return None
+    rows = [
+        ("sampled blocks", _num(u.get("sampled_blocks"))),
+        ("median stderr", _num(u.get("stderr_median_db"), "{:.3g}", " dB")),
+        ("max stderr", _num(u.get("stderr_max_db"), "{:.3g}", " dB")),
+        ("max 95% CI half-width", _num(u.get("ci_halfwidth_max_db"), "{:.3g}", " dB")),
+        ("non-zero blocks whose 95% CI contains 0",
+         f"{_num(u.get('nonzero_ci_contains_zero'))} of {_num(u.get('nonzero_blocks'))}"),
+        ("draws", f"{_num(u.get('draws_total'))} in all, {_num(u.get('draws_mean'), '{:.1f}')} per sampled block, "
+                  f"at most {_num(u.get('draws_max'))}"),
+    ]
+    stderr_map = None
+    grid = m.get("grid") or []
+    shape = (int(grid[0]), int(grid[1])) if len(grid) == 2 and all(isinstance(v, int) for v in grid) else (0, 0)
+    se = _grid(m.get("stderr_db"), shape)
+    n = _grid(m.get("n_samples"), shape, np.int64)
+    vmax = u.get("stderr_max_db")
+    if se is not None and n is not None:
+        shown = np.where(n > 0, se, np.nan)
+        top = float(vmax) if isinstance(vmax, (int, float)) and vmax > 0 else 0.0
+        stderr_map = _data_uri(sequential_png(shown, top, _grid(m.get("roi_mask"), shape, bool)))
+    return {"rows": rows, "stderr_map": stderr_map, "stderr_max": _num(vmax, "{:.3g}", " dB")}
+
+
 def _map_view(m: dict, index: int) -> dict:
     s = m.get("settings") or {}
     effect = m.get("effect_db")
     bound = m.get("display_bound_db")
     heatmap = colorbar = None
+    images, image_note = _image_views(m, effect, bound)
     if effect and bound:
         heatmap = _data_uri(heatmap_png(effect, bound, m.get("roi_mask")))
-        width = max(200, cell_size(len(effect), len(effect[0])) * len(effect[0]))
+        width = max(200, images["overlay_width"] or cell_size(len(effect), len(effect[0])) * len(effect[0]))
         colorbar = _data_uri(colorbar_png(bound, m.get("effect_min_db"), m.get("effect_max_db"), width))
+    chart = profile_chart(effect, m.get("roi_mask"), m.get("distance_px")) if effect else None
     grid = m.get("grid") or ["?", "?"]
     settings = [
         ("task", s.get("task")),
@@ -92,6 +263,10 @@ def _map_view(m: dict, index: int) -> dict:
         "model": str(m.get("model") or ""),
         "heatmap": heatmap,
         "colorbar": colorbar,
+        "images": images,
+        "image_note": image_note,
+        "chart": chart,
+        "uncertainty": _uncertainty_view(m),
         "bound": _num(bound, "{:g}", " dB"),
         "counts": [
             ("positive", _num(m.get("positive_blocks"))),
@@ -127,8 +302,15 @@ def report_context(document: dict, show_passing: bool = False) -> dict:
     tests_in = list(document.get("tests") or [])
     tests, rows = [], []
     models, devices = set(), set()
-    passes, wall = 0, 0.0
+    passes, wall, duration = 0, 0.0, 0.0
+    outcomes: dict[str, int] = {}
     for i, t in enumerate(tests_in):
+        outcome = str(t.get("outcome"))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        try:
+            duration += float(t.get("duration_s") or 0.0)
+        except (TypeError, ValueError):
+            pass
         nodeid = str(t.get("nodeid"))
         anchor = _anchor(i, nodeid)
         maps = list(t.get("maps") or [])
@@ -157,14 +339,18 @@ def report_context(document: dict, show_passing: bool = False) -> dict:
     n_failed = sum(r["status"] == "failed" for r in rows)
     settings = document.get("settings") or {}
     env = document.get("environment") or {}
+    known = ("passed", "failed", "skipped")
+    breakdown = [f"{outcomes.get(k, 0)} {k}" for k in known] + [f"{v} {k}" for k, v in sorted(outcomes.items())
+                                                                if k not in known]
     summary = [
-        ("tests", str(len(tests))),
+        ("tests", f"{len(tests)}: {', '.join(breakdown)}"),
         ("properties", f"{len(rows)}: {len(rows) - n_failed} passed, {n_failed} failed"),
         ("maps", str(sum(len(t["maps"]) for t in tests))),
         ("models", ", ".join(sorted(m for m in models if m)) or "none"),
         ("devices", ", ".join(sorted(d for d in devices if d)) or "none"),
         ("forward passes", str(passes)),
         ("map time", f"{wall:.2f} s"),
+        ("total test time", f"{duration:.2f} s"),
         ("session seed / mode", f"{settings.get('seed')} / {settings.get('mode')}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in sorted(env.items()) if v) or "n/a"),
     ]
