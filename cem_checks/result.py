@@ -32,11 +32,34 @@ ARRAY_FIELDS = (
     "samples_db",
 )
 
+#: Optional images of a result: the model input and output of the full image, uint8 (h, w, 3), or None.
+IMAGE_FIELDS = ("input_image", "output_image")
+
 
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.array(a, copy=True)
     a.flags.writeable = False
     return a
+
+
+def _image(value: Any, name: str, shape: tuple) -> np.ndarray | None:
+    """``value`` as a read-only uint8 (h, w, 3) array whose (h, w) is ``shape`` (unless ``shape`` is (0, 0)),
+    or None."""
+    if value is None:
+        return None
+    a = np.asarray(value)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise CEMInputError(
+            f"CEMResult.{name} has dtype {a.dtype} and shape {a.shape}; expected a uint8 (height, width, 3) RGB "
+            "array (e.g. np.round(np.clip(x, 0, 1) * 255).astype(np.uint8) of a float image), or None."
+        )
+    if tuple(shape) != (0, 0) and a.shape[:2] != tuple(shape):
+        raise CEMInputError(
+            f"CEMResult.{name} is {a.shape[1]}x{a.shape[0]} px (width x height) but the result's "
+            f"{'input' if name == 'input_image' else 'output'}_shape is {tuple(shape)} (height, width); pass the "
+            "image of the whole (trimmed) model input or output, or None."
+        )
+    return _readonly(a)
 
 
 def _json_safe(x: Any) -> Any:
@@ -83,6 +106,11 @@ class CEMResult:
     ``forward_passes`` (images sent through the model), ``forward_calls``, ``pixels_processed`` (input pixels
     sent through the model), ``wall_s``, ``device``, ``input_shape`` / ``output_shape`` ((h, w)),
     ``patch_bank`` (source, count, hash), ``model`` (a name) and ``meta`` (free-form, JSON-safe).
+
+    Images (None when unknown, e.g. for :meth:`from_effects` maps or results saved without them), read-only uint8
+    (h, w, 3) RGB: ``input_image``, the degraded model input of the whole (trimmed) image, ``input_shape``; and
+    ``output_image``, the model's output on it (the baseline), ``output_shape``, both clamped to [0, 1] and
+    rounded to 8 bits as the ROI outcome is.
     """
 
     effect: np.ndarray
@@ -117,6 +145,8 @@ class CEMResult:
     patch_bank: dict = field(default_factory=dict)
     model: str = ""
     meta: dict = field(default_factory=dict)
+    input_image: np.ndarray | None = None
+    output_image: np.ndarray | None = None
 
     def __post_init__(self):
         shape = np.shape(self.effect)
@@ -131,6 +161,8 @@ class CEMResult:
         object.__setattr__(self, "roi", ROI.parse(self.roi))
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
         object.__setattr__(self, "output_shape", tuple(int(v) for v in self.output_shape))
+        object.__setattr__(self, "input_image", _image(self.input_image, "input_image", self.input_shape))
+        object.__setattr__(self, "output_image", _image(self.output_image, "output_image", self.output_shape))
 
     # ----------------------------------------------------------------------------------------- shape
     @property
@@ -225,11 +257,15 @@ class CEMResult:
         }
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-safe dict of every field (arrays as nested lists, NaN/inf as None)."""
+        """A JSON-safe dict of every field (arrays as nested lists, NaN/inf as None) except the images, which are
+        left out (pixels); ``has_images`` says whether the result carries them."""
         rec: dict[str, Any] = {"format_version": FORMAT_VERSION}
         for f in fields(self):
+            if f.name in IMAGE_FIELDS:
+                continue
             v = getattr(self, f.name)
             rec[f.name] = list(v.as_tuple()) if isinstance(v, ROI) else _json_safe(v)
+        rec["has_images"] = self.input_image is not None and self.output_image is not None
         return rec
 
     def to_frame(self):
@@ -258,21 +294,24 @@ class CEMResult:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the result to ``path`` (``.npz``: the arrays plus a JSON ``meta`` entry; no pickle)."""
+        """Write the result to ``path`` (``.npz``: the arrays, the images when present, and a JSON ``meta`` entry;
+        no pickle)."""
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ARRAY_FIELDS}
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ARRAY_FIELDS + IMAGE_FIELDS}
         meta["roi"] = list(self.roi.as_tuple())
         meta["format_version"] = FORMAT_VERSION
         arrays = {name: getattr(self, name) for name in ARRAY_FIELDS}
+        arrays.update({name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None})
         return atomic_write(
             path, lambda fh: np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CEMResult":
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save` (files written without images load with ``input_image`` and
+        ``output_image`` None)."""
         path = Path(path)
         if not path.is_file():
             raise CEMInputError(f"no CEM result file at {str(path)!r}; pass the path written by CEMResult.save().")
@@ -280,6 +319,7 @@ class CEMResult:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["__meta__"]))
                 arrays = {name: data[name] for name in ARRAY_FIELDS}
+                arrays.update({name: data[name] for name in IMAGE_FIELDS if name in data.files})
         except (KeyError, ValueError, OSError) as exc:
             raise CEMInputError(f"{str(path)!r} is not a CEM result file written by CEMResult.save(): {exc}.") from exc
         version = meta.pop("format_version", None)
