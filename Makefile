@@ -14,7 +14,7 @@ SPY                  := $(SPANDREL_VENV)/bin/python
 SPANDREL_TESTS         ?= tests/test_plugin_load_model.py $(wildcard tests/test_loading*.py)
 SPANDREL_EXAMPLE_TESTS ?= example_suite/test_spandrel_checkpoints.py
 
-.PHONY: setup test demo bench clean setup-spandrel test-spandrel
+.PHONY: setup test demo screenshot train bench clean setup-spandrel test-spandrel
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,15 @@ test: setup
 demo: setup
 	$(PY) -m pytest example_suite -p no:cacheprovider --cem-report cem-report.html --cem-json cem-results.json \
 		--cem-cache-dir .cem-cache $(PYTEST_ARGS)
+
+# the README's picture of the demo report, taken by the browser test in headless Chromium
+screenshot: demo
+	CEM_DEMO_REPORT=cem-report.html CEM_SCREENSHOT_OUT=docs/demo-report.png $(PY) -m pytest tests/test_report_browser.py \
+		-k demo_report -p no:cacheprovider -q
+
+# retrain the example suite's models (example_suite/checkpoints; about 8 minutes on 2 CPU cores)
+train: setup
+	$(PY) example_suite/train.py
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py --estimate-paper dncnn256

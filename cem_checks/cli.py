@@ -4,12 +4,9 @@ or JSON results) and ``cem report`` (the HTML report of one or more JSON results
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 REPORT_HELP = """\
 Render one HTML report from one or more JSON results files (pytest --cem-json, cem run -o FILE.json).
@@ -129,53 +126,15 @@ def _cmd_map(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ cem run
-def resolve_arch(spec: str | None) -> Any:
-    """The object named by ``--arch``: ``None``, ``"spandrel"``, ``MODULE:ATTR`` (dotted attribute allowed) or
-    ``path/to/file.py:ATTR``; the current folder (and the file's folder) is importable. Raises :class:`CheckpointError`."""
-    from .errors import CheckpointError
-
-    if spec is None or spec == "spandrel":
-        return spec
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CheckpointError(f"--arch {spec!r}: expected MODULE:CALLABLE, e.g. mypkg.nets:build or nets.py:build.")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise CheckpointError(f"--arch {spec!r}: no file {module_name!r}.")
-            folder = str(path.resolve().parent)  # so that the file can import its sibling modules
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-            mod_spec = importlib.util.spec_from_file_location(f"_cem_arch_{path.stem}", path)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # any error raised while importing the user's module
-        raise CheckpointError(f"--arch {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc}).") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CheckpointError(f"--arch {spec!r}: {module_name!r} has no attribute {attr!r}.") from None
-    return obj
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from .checks import check_receptive_field_within, with_map_hint
     from .errors import CEMError
-    from .loading import load_model
+    from .loading import load_model, resolve_arch
     from .records import map_summary, property_record, record_test, results_document
 
     out = Path(args.output)
     try:
-        arch = resolve_arch(args.arch)
+        arch = resolve_arch(args.arch, option="--arch")
         model = load_model(args.model, arch, trust=args.trust)
         result = _compute(model, args)
         properties = []

@@ -20,14 +20,19 @@ A state_dict may be wrapped in a dict under one of :data:`STATE_DICT_KEYS` (e.g.
 
 ``arch`` builds the module for a state_dict: a class or object with a ``from_state_dict(state_dict)`` method
 (e.g. :class:`cem_checks.models.DnCNN`), an ``nn.Module`` instance to load the weights into, a factory called
-without arguments that returns an ``nn.Module``, or the string ``"spandrel"``. Weights are loaded strictly.
+without arguments that returns an ``nn.Module``, an import string naming one of these (``"mypkg.nets:PlainSR"``
+or ``"path/to/nets.py:build"``, see :func:`resolve_arch`), or the string ``"spandrel"``. Weights are loaded
+strictly.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +48,7 @@ STATE_DICT_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "mo
 #: Formats :func:`detect_format` reports.
 FORMATS = ("torchscript", "safetensors", "torch")
 
-__all__ = ["FORMATS", "STATE_DICT_KEYS", "detect_format", "load_model", "load_state_dict"]
+__all__ = ["FORMATS", "STATE_DICT_KEYS", "detect_format", "load_model", "load_state_dict", "resolve_arch"]
 
 _TRUST_HINT = (
     "Only if you trust whoever made the file, pass trust=True to load_model / cem_load_model (or run pytest with "
@@ -176,11 +181,51 @@ def _spandrel(sd: dict, where: str) -> nn.Module:
     return descriptor.model
 
 
+def resolve_arch(spec: str | None, option: str = "arch") -> Any:
+    """The object named by an architecture string: ``None`` and ``"spandrel"`` are returned as they are;
+    ``"MODULE:ATTR"`` (dotted attribute allowed, e.g. ``"mypkg.nets:build"``) or ``"path/to/file.py:ATTR"`` are
+    imported (the current folder, and the file's folder, are importable). ``option`` names the argument in
+    error messages. Raises :class:`CheckpointError`."""
+
+    if spec is None or spec == "spandrel":
+        return spec
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CheckpointError(f"{option}={spec!r}: expected MODULE:CALLABLE, e.g. mypkg.nets:build or nets.py:build.")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise CheckpointError(f"{option}={spec!r}: no file {module_name!r}.")
+            folder = str(path.resolve().parent)  # so that the file can import its sibling modules
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            mod_spec = importlib.util.spec_from_file_location(f"_cem_arch_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any error raised while importing the user's module
+        raise CheckpointError(f"{option}={spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc}).") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CheckpointError(f"{option}={spec!r}: {module_name!r} has no attribute {attr!r}.") from None
+    return obj
+
+
+
 def _build(sd: dict, arch: Any, where: str) -> nn.Module:
     if arch is None or arch == "spandrel":
         return _spandrel(sd, where)
     if isinstance(arch, str):
-        raise CheckpointError(f"arch={arch!r} is not understood; the only name accepted is 'spandrel'.")
+        arch = resolve_arch(arch)
     if hasattr(arch, "from_state_dict"):
         try:
             model = arch.from_state_dict(sd)

@@ -7,7 +7,8 @@ Results file (``RESULTS_FORMAT`` version ``RESULTS_FORMAT_VERSION``), written by
      "environment": {"pytest_cem": ..., "torch": ...},
      "settings": {...},                     # session settings: device, mode, seed, batch_size, ...
      "summary": {"tests": n, "maps": n, "properties": n, "failed_properties": n},
-     "tests": [{"nodeid": ..., "outcome": "passed" | "failed" | "skipped", "duration_s": ...,
+     "tests": [{"nodeid": ..., "outcome": "passed" | "failed" | "skipped" | "xfailed" | "xpassed",
+                "duration_s": ...,
                 "longrepr": ... (failed/skipped only), "maps": [map summary, ...],
                 "properties": [property record, ...]}, ...]}
 
@@ -48,6 +49,10 @@ from .tasks import parse_task
 
 RESULTS_FORMAT = "pytest-cem-results"
 RESULTS_FORMAT_VERSION = 1
+
+#: Test outcomes of a results file: pytest's three, and its xfail verdicts (an expected failure that failed or
+#: passed).
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 
 #: Decimals of the per-block effects kept in a map summary (0.1 mdB: far below the 0.01 dB zero threshold).
 EFFECT_DECIMALS = 4
@@ -192,8 +197,8 @@ def record_test(nodeid: str, *, outcome: str, duration_s: float = 0.0, maps: Seq
                 properties: Sequence[dict] = (), message: str | None = None) -> dict[str, Any]:
     """One entry of a document's ``tests``: ``maps`` are :func:`map_summary` dicts, ``properties``
     :func:`property_record` dicts; ``message`` (failure text or skip reason) is kept when given."""
-    if outcome not in ("passed", "failed", "skipped"):
-        raise CEMInputError(f"outcome={outcome!r} must be 'passed', 'failed' or 'skipped'.")
+    if outcome not in OUTCOMES:
+        raise CEMInputError(f"outcome={outcome!r} must be one of {', '.join(map(repr, OUTCOMES))}.")
     entry: dict[str, Any] = {
         "nodeid": str(nodeid),
         "outcome": outcome,

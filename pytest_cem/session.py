@@ -96,6 +96,13 @@ def _cem_data(report: pytest.TestReport) -> dict | None:
     return None
 
 
+def _outcome(report: pytest.TestReport) -> str:
+    """passed / failed / skipped, or xfailed / xpassed for a test marked xfail."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return report.outcome
+
+
 class CEMSession:
     """Gathers the per-test records from the test reports; writes the JSON results; prints the summary."""
 
@@ -117,12 +124,14 @@ class CEMSession:
             return
         entry: dict[str, Any] = {
             "nodeid": report.nodeid,
-            "outcome": report.outcome,
+            "outcome": _outcome(report),
             "duration_s": float(report.duration),
             "maps": list((data or {}).get("maps", [])),
             "properties": list((data or {}).get("properties", [])),
         }
-        if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        if hasattr(report, "wasxfail") and report.skipped:
+            entry["message"] = f"expected failure ({report.wasxfail or 'xfail'}):\n{report.longreprtext[-4000:]}"
+        elif report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
             entry["message"] = str(report.longrepr[2])
         elif report.failed:
             entry["message"] = report.longreprtext[-4000:]

@@ -35,3 +35,28 @@ def test_no_file_without_the_option(pytester):
     make_suite(pytester, MIXED_SUITE)
     pytester.runpytest("-k", "plain")
     assert not list(pytester.path.rglob("*.json"))
+
+
+def test_xfail_outcomes_are_kept_apart_from_skips(pytester):
+    make_suite(pytester, """
+        @pytest.mark.xfail(strict=True, reason="the 5 px model is claimed to reach 1 px")
+        @pytest.mark.cem(**TINY)
+        def test_expected_to_fail(cem):
+            cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)
+
+        @pytest.mark.xfail(reason="not strict")
+        @pytest.mark.cem(**TINY)
+        def test_unexpectedly_passes(cem):
+            cc.assert_receptive_field_within(cem(ConvStack((1, 1)), IMG), radius=2)
+    """)
+    result = pytester.runpytest("--cem-json", "r.json", "--cem-report", "r.html")
+    result.assert_outcomes(xfailed=1, xpassed=1)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
+    assert tests["test_expected_to_fail"]["outcome"] == "xfailed"
+    assert tests["test_expected_to_fail"]["message"].startswith("expected failure (the 5 px model is claimed")
+    assert tests["test_expected_to_fail"]["properties"][0]["passed"] is False  # the failure is still recorded
+    assert tests["test_unexpectedly_passes"]["outcome"] == "xpassed"
+    html = (pytester.path / "r.html").read_text()
+    assert "2: 0 passed, 0 failed, 0 skipped, 1 xfailed, 1 xpassed" in html
+    assert '<span class="status xfailed">xfailed</span>' in html

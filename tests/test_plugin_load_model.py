@@ -189,3 +189,13 @@ def test_the_fixture_takes_trust_from_the_command_line(pytester):
     """)
     pytester.runpytest().assert_outcomes(passed=1)
     pytester.runpytest("--cem-trust-checkpoints").assert_outcomes(passed=1)
+
+
+def test_arch_may_be_an_import_string(tmp_path):
+    dn = DnCNN()
+    torch.save(dn.state_dict(), tmp_path / "dncnn.pth")
+    assert same(load_model(tmp_path / "dncnn.pth", arch="cem_checks.models:DnCNN"), dn)
+    with pytest.raises(CheckpointError, match=r"arch='cem_checks.models:NoSuchNet': 'cem_checks.models' has no attribute"):
+        load_model(tmp_path / "dncnn.pth", arch="cem_checks.models:NoSuchNet")
+    with pytest.raises(CheckpointError, match=r"arch='DnCNN': expected MODULE:CALLABLE"):
+        load_model(tmp_path / "dncnn.pth", arch="DnCNN")

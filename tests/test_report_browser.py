@@ -169,3 +169,42 @@ def test_report_renders_in_chromium(report, page):
 
     assert errors == []
     assert [m for m in console if m[0] == "error"] == []
+
+
+DEMO_REPORT = os.environ.get("CEM_DEMO_REPORT")
+
+
+@pytest.mark.skipif(not DEMO_REPORT, reason="set CEM_DEMO_REPORT=cem-report.html (written by `make demo`) to check "
+                                            "the demo's report; `make screenshot` does")
+def test_demo_report_renders_in_chromium(page):
+    """The report of `make demo` (real models) renders without errors, every heatmap is drawn, and a failed
+    property's section is shown; with CEM_SCREENSHOT_OUT its screenshot (summary, table and the first test with a
+    failed property) is saved for the README."""
+    path = Path(DEMO_REPORT).resolve()
+    assert path.is_file(), f"CEM_DEMO_REPORT={DEMO_REPORT!r} is not a file; run `make demo` first"
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert errors == []
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True, type="png"))).convert("RGB")
+    heatmaps = page.query_selector_all("img.heatmap")
+    assert heatmaps
+    for h in heatmaps:
+        left, top, right, bottom = page_box(page, h)
+        non_white, _, _ = coloured_pixels(shot.crop((left, top, right, bottom)))
+        assert non_white > (right - left) * (bottom - top) // 20, "a heatmap is blank"
+    failed = page.query_selector("section.test:has(details.prop.failed)")
+    assert failed is not None, "the demo report shows no failed property (the strict xfail tests should fail one)"
+    out = os.environ.get("CEM_SCREENSHOT_OUT")
+    if out:
+        top_bottom = page_box(page, page.query_selector("#properties"))[3] + 12
+        sec_left, sec_top, sec_right, _ = page_box(page, failed)
+        chart = failed.query_selector("figure.panel-profile")
+        sec_bottom = page_box(page, chart)[3] + 12 if chart else page_box(page, failed)[3]
+        head = shot.crop((0, 0, shot.width, top_bottom))
+        section = shot.crop((0, sec_top - 8, shot.width, sec_bottom))
+        both = Image.new("RGB", (shot.width, head.height + section.height), "white")
+        both.paste(head, (0, 0))
+        both.paste(section, (0, head.height))
+        save_docs_screenshot(both, both.height, Path(out))

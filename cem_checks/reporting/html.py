@@ -339,8 +339,8 @@ def report_context(document: dict, show_passing: bool = False) -> dict:
     n_failed = sum(r["status"] == "failed" for r in rows)
     settings = document.get("settings") or {}
     env = document.get("environment") or {}
-    known = ("passed", "failed", "skipped")
-    breakdown = [f"{outcomes.get(k, 0)} {k}" for k in known] + [f"{v} {k}" for k, v in sorted(outcomes.items())
+    known = ("passed", "failed", "skipped", "xfailed", "xpassed")
+    breakdown = [f"{outcomes.get(k, 0)} {k}" for k in known[:3]] + [f"{outcomes[k]} {k}" for k in known[3:] if k in outcomes] + [f"{v} {k}" for k, v in sorted(outcomes.items())
                                                                 if k not in known]
     summary = [
         ("tests", f"{len(tests)}: {', '.join(breakdown)}"),
