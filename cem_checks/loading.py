@@ -48,7 +48,8 @@ STATE_DICT_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "mo
 #: Formats :func:`detect_format` reports.
 FORMATS = ("torchscript", "safetensors", "torch")
 
-__all__ = ["FORMATS", "STATE_DICT_KEYS", "detect_format", "load_model", "load_state_dict", "resolve_arch"]
+__all__ = ["FORMATS", "STATE_DICT_KEYS", "detect_format", "load_model", "load_state_dict", "resolve_arch",
+           "spandrel_unavailable"]
 
 _TRUST_HINT = (
     "Only if you trust whoever made the file, pass trust=True to load_model / cem_load_model (or run pytest with "
@@ -151,6 +152,26 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "a file written by torch.save, torch.jit.save or safetensors."
         ) from exc
     return _unwrap(obj, repr(str(p)))
+
+
+def spandrel_unavailable() -> str | None:
+    """Why the optional spandrel architecture detection cannot be used in this environment, or None when it can:
+    spandrel not installed, torchvision (which spandrel imports) missing or built for another torch, or spandrel
+    failing to import."""
+    if importlib.util.find_spec("spandrel") is None:
+        return "spandrel not installed (optional extra pytest-cem[spandrel])"
+    if importlib.util.find_spec("torchvision") is None:
+        return "spandrel is installed but torchvision, which it imports, is not"
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # a torchvision built for another torch fails with RuntimeError
+        return (f"spandrel is installed but torchvision does not import beside torch {torch.__version__} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    try:
+        import spandrel  # noqa: F401
+    except Exception as exc:
+        return f"spandrel does not import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
 
 
 def _spandrel(sd: dict, where: str) -> nn.Module:

@@ -16,35 +16,18 @@ them in an environment with both.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
 
 import cem_checks as cc
-
-
-def spandrel_unavailable() -> str | None:
-    """Why spandrel cannot be used in this environment, or None when it can."""
-    hint = "`make test-spandrel` runs these in an environment with spandrel and a matching torchvision"
-    if importlib.util.find_spec("spandrel") is None:
-        return f"spandrel not installed (optional extra pytest-cem[spandrel]); {hint}"
-    if importlib.util.find_spec("torchvision") is None:
-        return f"spandrel is installed but torchvision, which it imports, is not; {hint}"
-    try:
-        import torchvision  # noqa: F401
-    except Exception as exc:  # a torchvision built for another torch fails with RuntimeError
-        return (f"spandrel is installed but torchvision does not import beside torch {torch.__version__} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}")
-    try:
-        import spandrel  # noqa: F401
-    except Exception as exc:
-        return f"spandrel does not import ({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}"
-    return None
+from cem_checks.loading import spandrel_unavailable
 
 
 SPANDREL_UNAVAILABLE = spandrel_unavailable()
+if SPANDREL_UNAVAILABLE is not None:
+    SPANDREL_UNAVAILABLE += "; `make test-spandrel` runs these in an environment with spandrel and a matching torchvision"
 pytestmark = pytest.mark.skipif(SPANDREL_UNAVAILABLE is not None, reason=SPANDREL_UNAVAILABLE or "")
 
 ROI = (0, 0, 8)  # the top-left 8x8 output px of the crop

@@ -3,7 +3,6 @@ untrusted files."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from cem_checks.errors import CheckpointError, UntrustedCheckpointError
-from cem_checks.loading import detect_format, load_model
+from cem_checks.loading import detect_format, load_model, spandrel_unavailable
 from cem_checks.models import DnCNN
 from nets import ConvStack
 from plugin_inner import make_suite
@@ -19,26 +18,9 @@ from plugin_inner import make_suite
 pytest_plugins = ["pytester"]
 
 
-def spandrel_unavailable() -> str | None:
-    """Why spandrel cannot be used in this environment, or None when it can."""
-    hint = "`make test-spandrel` runs these in an environment with spandrel and a matching torchvision"
-    if importlib.util.find_spec("spandrel") is None:
-        return f"spandrel not installed (optional extra pytest-cem[spandrel]); {hint}"
-    if importlib.util.find_spec("torchvision") is None:
-        return f"spandrel is installed but torchvision, which it imports, is not; {hint}"
-    try:
-        import torchvision  # noqa: F401
-    except Exception as exc:  # a torchvision built for another torch fails with RuntimeError
-        return (f"spandrel is installed but torchvision does not import beside torch {torch.__version__} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}")
-    try:
-        import spandrel  # noqa: F401
-    except Exception as exc:
-        return f"spandrel does not import ({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}"
-    return None
-
-
 SPANDREL_UNAVAILABLE = spandrel_unavailable()
+if SPANDREL_UNAVAILABLE is not None:
+    SPANDREL_UNAVAILABLE += "; `make test-spandrel` runs these in an environment with spandrel and a matching torchvision"
 needs_spandrel = pytest.mark.skipif(SPANDREL_UNAVAILABLE is not None, reason=SPANDREL_UNAVAILABLE or "")
 
 X = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
