@@ -168,7 +168,9 @@ class CEMSession:
             return []
         lines = []
         for nodeid, p in self.failed_properties():
-            lines.append(f"FAILED {nodeid} {p.get('name')}: measured {p.get('measured_text')}; bound {p.get('bound_text')}")
+            # a failure that an xfail marker expected is labelled so, as pytest's own summary does
+            label = "XFAIL" if self.tests[nodeid].get("outcome") == "xfailed" else "FAILED"
+            lines.append(f"{label} {nodeid} {p.get('name')}: measured {p.get('measured_text')}; bound {p.get('bound_text')}")
         if verbose:
             for nodeid, t in sorted(self.tests.items()):
                 for p in t["properties"]:

@@ -51,6 +51,8 @@ def test_xfail_outcomes_are_kept_apart_from_skips(pytester):
     """)
     result = pytester.runpytest("--cem-json", "r.json", "--cem-report", "r.html")
     result.assert_outcomes(xfailed=1, xpassed=1)
+    result.stdout.fnmatch_lines(["XFAIL test_suite.py::test_expected_to_fail receptive_field_within: measured "
+                                 "support_radius() = 5 px; bound <= 1 px"])
     doc = json.loads((pytester.path / "r.json").read_text())
     tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
     assert tests["test_expected_to_fail"]["outcome"] == "xfailed"
