@@ -41,6 +41,13 @@ switched off through :class:`FastOptions`:
    per block are in ``n_samples``. Draws use *common random numbers*: the j-th draw of every block uses
    the same natural patch, so differences between blocks (their ranking) carry less noise; each block's own
    estimate is unaffected.
+4. *Local evaluation of the fine draws* (``local_eval``). For models traced by ``torch.fx``
+   into local, stride-1, same-resolution operations (e.g. DnCNN), a flagged block's draws compute each
+   layer only where the intervention can change it and the ROI output needs it (see
+   :mod:`cem_checks.local_eval`), after checking the ROI outputs of a few real interventions against the
+   normal forward within ``crop_atol``; otherwise, or for any other model, the normal forward is kept.
+   Flagged blocks are in ``support`` already (their coarse draws changed the ROI output), so ``support``
+   still comes from bit-exact comparisons only; effects may differ by an occasional 8-bit flip.
 
 Implementation notes:
 
@@ -117,6 +124,7 @@ class FastOptions:
     rel_precision: float = 0.3
     alpha: float = 0.05
     common_random_numbers: bool = True
+    local_eval: bool = True
 
     def __post_init__(self):
         if isinstance(self.group_draws, bool) or not isinstance(self.group_draws, int) or self.group_draws < 1:
@@ -346,11 +354,13 @@ class _Engine:
         return torch.randint(self.n_bank, shape, generator=g)
 
     def run(self, frame: _Frame, phase: str, item_of_pair: np.ndarray, block_of_pair: np.ndarray,
-            patch_of_pair: torch.Tensor, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+            patch_of_pair: torch.Tensor, n_items: int, local: _LocalDraws | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run ``n_items`` interventions in ``frame``; intervention i replaces the blocks of its pairs.
 
         Pairs (item, block, patch) are sorted by item. Returns per-item PSNR drops (float64, dB, relative to
-        the same-shape baseline) and whether the ROI output changed at all.
+        the same-shape baseline) and whether the ROI output changed at all. With ``local`` (single-block
+        interventions only) the drops come from local evaluation (relative to its own baseline) and
+        ``changed`` is all False: callers must not derive ``support`` from it.
         """
         drops = np.empty(n_items, dtype=np.float64)
         changed = np.empty(n_items, dtype=bool)
@@ -360,8 +370,13 @@ class _Engine:
         for ci, i0 in enumerate(range(0, n_items, CHUNK)):
             i1 = min(i0 + CHUNK, n_items)
             p0, p1 = starts[ci], starts[ci + 1]
-            what = digest(item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1], frame.box) if self.cache.enabled else ""
+            use_local = local is not None and local.active
+            what = digest(item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1], frame.box,
+                          *(["local"] if use_local else [])) if self.cache.enabled else ""
             cached = self.cache.get(phase, ci, i1 - i0, what)
+            if cached is None and use_local:
+                cached = local.run_chunk(frame, phase, ci, item_of_pair[p0:p1] - i0, block_of_pair[p0:p1],
+                                         patch_of_pair[p0:p1], i1 - i0)
             if cached is None:
                 cached = self._run_chunk(frame, phase, ci, item_of_pair[p0:p1] - i0, block_of_pair[p0:p1],
                                          patch_of_pair[p0:p1], i1 - i0)
@@ -370,7 +385,8 @@ class _Engine:
             self.bar.update(i1 - i0)
         return drops, changed
 
-    def _run_chunk(self, frame, phase, ci, items, blocks, patches, n):
+    def chunk_content(self, phase, ci, blocks, patches):
+        """The intervened content (n_pairs, 3, b, b) of chunk ``ci`` of ``phase`` and the blocks' tops/lefts."""
         dev, b = self.device, self.b
         g = torch.Generator(device=dev).manual_seed(_derive_seed(self.seed, phase, ci, "noise"))
         blk = torch.as_tensor(blocks, device=dev)
@@ -381,6 +397,11 @@ class _Engine:
             raise CEMInputError(
                 f"task {self.task.name!r}.intervene returned shape {tuple(content.shape)}; expected {(len(blocks), 3, b, b)}."
             )
+        return content, top, left
+
+    def _run_chunk(self, frame, phase, ci, items, blocks, patches, n):
+        dev = self.device
+        content, top, left = self.chunk_content(phase, ci, blocks, patches)
         rows_all = (top - frame.y0)[:, None] + self._ar
         cols_all = (left - frame.x0)[:, None] + self._ar
         items_t = torch.as_tensor(items, device=dev)
@@ -411,10 +432,12 @@ class _Engine:
             s0 += B
         return drops.cpu().numpy(), changed.cpu().numpy()
 
-    def single_block_draws(self, frame, phase, block_ids: np.ndarray, n_draws: int, crn: bool, first_draw: int = 0):
+    def single_block_draws(self, frame, phase, block_ids: np.ndarray, n_draws: int, crn: bool, first_draw: int = 0,
+                           local: _LocalDraws | None = None):
         """``n_draws`` single-block interventions per block (block-major). Returns (n_blocks, n_draws) arrays.
 
-        With ``crn`` the j-th draw of every block uses the same patch (draw index ``first_draw + j``)."""
+        With ``crn`` the j-th draw of every block uses the same patch (draw index ``first_draw + j``). With
+        ``local``, the draws are evaluated locally (see :meth:`run`: ``changed`` is then all False)."""
         nb = len(block_ids)
         if nb == 0:
             return np.zeros((0, n_draws)), np.zeros((0, n_draws), bool)
@@ -425,7 +448,7 @@ class _Engine:
         else:
             patches = self.patch_ids(phase, (nb * n_draws,))
         items = np.arange(nb * n_draws)
-        drops, changed = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws)
+        drops, changed = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws, local=local)
         return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws)
 
     def group_changed(self, phase: str, group: np.ndarray, draws: int) -> bool:
@@ -593,6 +616,138 @@ def sequential_sampling(draw: Callable[[np.ndarray, int, int, int], np.ndarray],
     return samples, counts, stopped, level
 
 
+class _LocalDraws:
+    """Single-block draws of one frame evaluated locally (:mod:`cem_checks.local_eval`), once verified.
+
+    Costs go to the runner's counters: each intervened image counts as one forward pass, its pixels as the
+    output pixels computed per convolution (a full forward on the frame counts h * w)."""
+
+    def __init__(self, eng: _Engine, frame: _Frame, ev, info: dict[str, Any]):
+        self.eng, self.frame, self.ev, self.info = eng, frame, ev, info
+        self.active = True
+        self.base_psnr = frame.psnr(ev.roi_base)
+
+    def roi_outputs(self, blocks: np.ndarray, top: torch.Tensor, left: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        f, runner, b = self.frame, self.eng.runner, self.eng.b
+        out = None
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for blk in np.unique(blocks):
+                sel = np.flatnonzero(blocks == blk)
+                y, x = int(top[sel[0]]) - f.y0, int(left[sel[0]]) - f.x0
+                idx = torch.as_tensor(sel, device=content.device)
+                r = self.ev.roi_outputs((y, y + b, x, x + b), content[idx])
+                if out is None:
+                    out = r.new_empty((len(blocks),) + tuple(r.shape[1:]))
+                out[idx] = r
+                runner.calls += 1
+        if self.eng.device.type == "cuda":
+            torch.cuda.synchronize(self.eng.device)
+        runner.seconds += time.perf_counter() - t0
+        runner.images += len(blocks)
+        return out
+
+    def run_chunk(self, frame, phase, ci, items, blocks, patches, n):
+        """(drops, changed) like :meth:`_Engine._run_chunk`, or None to take the normal path."""
+        if frame is not self.frame or len(blocks) != n or not np.array_equal(items, np.arange(n)):
+            return None
+        content, top, left = self.eng.chunk_content(phase, ci, blocks, patches)
+        px0 = self.ev.pixels
+        try:
+            r = self.roi_outputs(blocks, top, left, content)
+        except Exception as exc:  # any failure: the normal path takes over
+            if isinstance(exc, CEMError):
+                raise
+            if _is_oom(exc):  # the normal path halves its batch; local evaluation goes on with the next chunk
+                torch.cuda.empty_cache()
+                return None
+            self.active = False
+            self.info["check"] += f"; stopped after {self.info['draws']} draws: {type(exc).__name__}: {exc}"
+            return None
+        self.eng.runner.pixels += self.ev.pixels - px0
+        self.info["draws"] += n
+        self.info["pixels"] += self.ev.pixels - px0
+        drops = (self.base_psnr - frame.psnr(r)).cpu().numpy()
+        return drops, np.zeros(n, dtype=bool)
+
+
+def _local_setup(eng: _Engine, frame: _Frame, fl: np.ndarray, opts: FastOptions, tol: float):
+    """A verified :class:`_LocalDraws` for the fine phase in ``frame``, or None; and the meta summary."""
+    info: dict[str, Any] = {"used": False, "check": "", "draws": 0, "check_draws": 0, "pixels": 0}
+    if not opts.local_eval:
+        info["check"] = "off"
+    elif fl.size == 0:
+        info["check"] = "not needed: no flagged block"
+    elif not tol > 0:
+        info["check"] = "not used: tol_db = 0 (fine draws then decide support, which needs the normal forward)"
+    elif eng.runner.precision != "fp32":
+        info["check"] = f"not used: precision {eng.runner.precision!r} (local evaluation runs in fp32 only)"
+    elif eng.scale != 1:
+        info["check"] = f"not used: scale {eng.scale} (local evaluation covers same-resolution models)"
+    if info["check"]:
+        return None, info
+    from .local_eval import FrameEvaluator, build_plan
+
+    plan, why = build_plan(eng.runner.model)
+    if plan is None:
+        info["check"] = f"unsupported: {why}"
+        return None, info
+    S = eng.roi.size
+    ry, rx = frame.sl[2].start, frame.sl[3].start
+    try:
+        with torch.inference_mode():
+            ev = FrameEvaluator(plan, frame.x.to(eng.runner.dtype), (ry, ry + S, rx, rx + S))
+    except Exception as exc:  # a graph the plan cannot evaluate: not supported
+        if _is_oom(exc):
+            raise
+        info["check"] = f"unsupported: {type(exc).__name__}: {exc}"
+        return None, info
+    local = _LocalDraws(eng, frame, ev, info)
+    base_diff = float((ev.roi_base.to(frame.baseline(1)[0].device) - frame.baseline(1)[0]).abs().max())
+    if not base_diff <= opts.crop_atol:
+        info["check"] = f"failed: the traced graph's baseline ROI output differs from the model's by {base_diff:.3g}"
+        return None, info
+
+    # Verify on real interventions: the nearest and farthest flagged blocks, one on the frame border, the median.
+    b = eng.b
+    dist = eng.distance.ravel()[fl]
+    r, c = np.divmod(fl, eng.grid.cols)
+    border = (r * b == frame.y0) | ((r + 1) * b == frame.y0 + frame.h) | (c * b == frame.x0) | ((c + 1) * b == frame.x0 + frame.w)
+    order = np.argsort(dist, kind="stable")
+    pick = [fl[order[0]], fl[order[-1]], fl[order[len(order) // 2]]] + ([fl[np.flatnonzero(border)[0]]] if border.any() else [])
+    pick = np.array(sorted({int(p) for p in pick}))
+    blocks = np.repeat(pick, 2)
+    info["check_draws"] = len(blocks)
+    patches = eng.patch_ids("local-check", (len(blocks),))
+    content, top, left = eng.chunk_content("local-check", 0, blocks, patches)
+    ref = []
+    for s0 in range(0, len(blocks), eng.batch_size):
+        s1 = min(len(blocks), s0 + eng.batch_size)
+        x = frame.x.expand(s1 - s0, -1, -1, -1).clone()
+        for i in range(s0, s1):
+            y, xx = int(top[i]) - frame.y0, int(left[i]) - frame.x0
+            x[i - s0, :, y : y + b, xx : xx + b] = content[i]
+        ref.append(eng.forward(x, " (checking local evaluation)")[frame.sl])
+    px0 = ev.pixels
+    try:
+        loc = local.roi_outputs(blocks, top, left, content)
+    except Exception as exc:  # the check fails: the normal path is kept
+        if _is_oom(exc) or isinstance(exc, CEMError):
+            raise
+        info["check"] = f"failed: local evaluation raised {type(exc).__name__}: {exc}"
+        return None, info
+    finally:
+        eng.runner.pixels += ev.pixels - px0
+    diff = float((torch.cat(ref) - loc.to(ref[0].device)).abs().max())
+    if diff > opts.crop_atol:
+        info["check"] = f"failed: max |diff| {diff:.3g} > crop_atol {opts.crop_atol:.0e} on {len(blocks)} check draws"
+        return None, info
+    info["used"] = True
+    info["check"] = ("bit-exact" if diff == 0 else f"max |diff| {diff:.2e} <= crop_atol {opts.crop_atol:.0e}") + \
+        f" on {len(blocks)} check draws"
+    return local, info
+
+
 def _fast(eng: _Engine, coarse: int, fine: int, tol: float, opts: FastOptions):
     nb = eng.grid.n_blocks
     info: dict[str, Any] = {}
@@ -625,10 +780,13 @@ def _fast(eng: _Engine, coarse: int, fine: int, tol: float, opts: FastOptions):
     samples[fl] = np.nan
     counts[fl] = 0
     looks = [n for n in opts.looks if n < fine] + [fine] if opts.adaptive else [fine]
+    # Flagged blocks are in the support already (a drop >= tol_db > 0 needs a changed ROI output), so the
+    # fine draws only estimate effects and may be evaluated locally.
+    local, info["local_eval"] = _local_setup(eng, frame, fl, opts, tol)
 
     def draw(active: np.ndarray, start: int, stop: int, look: int) -> np.ndarray:
         d, ch = eng.single_block_draws(frame, f"fine@{look}", fl[active], stop - start,
-                                       crn=opts.common_random_numbers, first_draw=start)
+                                       crn=opts.common_random_numbers, first_draw=start, local=local)
         support[fl[active]] |= ch.any(1)
         return d
 

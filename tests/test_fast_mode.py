@@ -44,8 +44,8 @@ def test_crop_is_used_when_verified_and_gives_the_full_image_map(natural32):
     model = ConvStack((1, 1))
     big = np.concatenate([np.concatenate([natural32] * 2, 0)] * 2, 1)  # 64x64
     kw = dict(task="dn20", roi=(24, 24, 8), block_size=4, **QUICK)
-    cropped = cc.compute_cem(model, big, **kw)
-    full = cc.compute_cem(model, big, fast=cc.FastOptions(crop=False), **kw)
+    cropped = cc.compute_cem(model, big, fast=cc.FastOptions(local_eval=False), **kw)  # the crop alone
+    full = cc.compute_cem(model, big, fast=cc.FastOptions(crop=False, local_eval=False), **kw)
     info = cropped.meta["fast"]
     assert info["crop"] == [20, 20, 16, 16]  # the blocks within the radius 2 of the 8-px footprint
     assert info["crop_check"] == "bit-exact" or info["crop_check"].startswith("max |diff|")
@@ -99,10 +99,12 @@ def test_global_model_gets_no_crop_and_costs_no_more_than_paper(natural32):
 
 
 def test_every_mechanism_can_be_switched_off(natural32):
-    opts = cc.FastOptions(group_testing=False, crop=False, adaptive=False, common_random_numbers=False)
+    opts = cc.FastOptions(group_testing=False, crop=False, adaptive=False, common_random_numbers=False,
+                          local_eval=False)
     res = cc.compute_cem(ConvStack((1, 1)), natural32, task="dn20", roi=(8, 8, 8), block_size=4, fast=opts, **QUICK)
     np.testing.assert_array_equal(res.n_samples, np.where(res.flagged, 6, 2))
     assert res.meta["fast"]["crop_check"] == "off" and "group_tests" not in res.meta["fast"]
+    assert res.meta["fast"]["local_eval"]["check"] == "off" and res.meta["fast"]["local_eval"]["draws"] == 0
     np.testing.assert_array_equal(res.support, res.distance <= 2)
 
 
