@@ -399,11 +399,19 @@ class _Engine:
             )
         return content, top, left
 
+    def intervened(self, frame, n: int, items: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                   content: torch.Tensor) -> torch.Tensor:
+        """``n`` copies of the frame's input where pair i writes ``content[i]`` at the block (``top[i]``,
+        ``left[i]``) (input px) of copy ``items[i]``."""
+        rows = (top - frame.y0)[:, None] + self._ar
+        cols = (left - frame.x0)[:, None] + self._ar
+        x = frame.x.expand(n, -1, -1, -1).clone()
+        x[items[:, None, None, None], self._chans, rows[:, None, :, None], cols[:, None, None, :]] = content
+        return x
+
     def _run_chunk(self, frame, phase, ci, items, blocks, patches, n):
         dev = self.device
         content, top, left = self.chunk_content(phase, ci, blocks, patches)
-        rows_all = (top - frame.y0)[:, None] + self._ar
-        cols_all = (left - frame.x0)[:, None] + self._ar
         items_t = torch.as_tensor(items, device=dev)
         drops = torch.empty(n, dtype=torch.float64, device=self.stat_device)
         changed = torch.empty(n, dtype=torch.bool, device=dev)
@@ -412,9 +420,7 @@ class _Engine:
         while s0 < n:
             B = min(self.batch_size, n - s0)
             p0, p1 = pair_starts[s0], pair_starts[s0 + B]
-            x = frame.x.expand(B, -1, -1, -1).clone()
-            x[(items_t[p0:p1] - s0)[:, None, None, None], self._chans, rows_all[p0:p1, None, :, None],
-              cols_all[p0:p1, None, None, :]] = content[p0:p1]
+            x = self.intervened(frame, B, items_t[p0:p1] - s0, top[p0:p1], left[p0:p1], content[p0:p1])
             try:
                 out = self.forward(x, f" ({phase}, draws {s0}..{s0 + B - 1} of chunk {ci})")
                 base_r, base_p = frame.baseline(B)
@@ -723,10 +729,8 @@ def _local_setup(eng: _Engine, frame: _Frame, fl: np.ndarray, opts: FastOptions,
     ref = []
     for s0 in range(0, len(blocks), eng.batch_size):
         s1 = min(len(blocks), s0 + eng.batch_size)
-        x = frame.x.expand(s1 - s0, -1, -1, -1).clone()
-        for i in range(s0, s1):
-            y, xx = int(top[i]) - frame.y0, int(left[i]) - frame.x0
-            x[i - s0, :, y : y + b, xx : xx + b] = content[i]
+        one_each = torch.arange(s1 - s0, device=eng.device)
+        x = eng.intervened(frame, s1 - s0, one_each, top[s0:s1], left[s0:s1], content[s0:s1])
         ref.append(eng.forward(x, " (checking local evaluation)")[frame.sl])
     px0 = ev.pixels
     try:
