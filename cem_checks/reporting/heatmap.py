@@ -55,9 +55,15 @@ def seismic(values: Any) -> np.ndarray:
     return out
 
 
+def float_grid(values: Any) -> np.ndarray:
+    """A float64 array of an array or of a record's nested lists, where JSON null (None) stands for NaN."""
+    if isinstance(values, list):
+        return np.array([[np.nan if v is None else v for v in row] for row in values], dtype=np.float64)
+    return np.asarray(values, dtype=np.float64)
+
+
 def _as_effect(effect: Any) -> np.ndarray:
-    e = np.array([[np.nan if v is None else v for v in row] for row in effect], dtype=np.float64) \
-        if isinstance(effect, list) else np.asarray(effect, dtype=np.float64)
+    e = float_grid(effect)
     if e.ndim != 2 or e.size == 0:
         raise ValueError(f"expected a non-empty (rows, cols) effect map, got shape {e.shape}")
     return e

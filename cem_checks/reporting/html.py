@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .._io import atomic_write_text
-from .heatmap import _png, cell_size, colorbar_png, heatmap_png, sequential_png
+from .heatmap import _png, cell_size, colorbar_png, float_grid, heatmap_png, sequential_png
 from .images import boxed_image, overlay_image
 
 TEMPLATE = "report.html.j2"
@@ -77,10 +77,7 @@ def _grid(values: Any, shape: tuple[int, int] | None, dtype=float) -> "np.ndarra
     if not isinstance(values, list):
         return None
     try:
-        if dtype is float:
-            a = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=np.float64)
-        else:
-            a = np.array(values, dtype=dtype)
+        a = float_grid(values) if dtype is float else np.array(values, dtype=dtype)
     except (TypeError, ValueError):
         return None
     if a.ndim != 2 or not a.size:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CEMInputError
-from .heatmap import display_values, seismic
+from .heatmap import display_values, float_grid, seismic
 
 #: Default longest side (px) of an image embedded in the records.
 DEFAULT_MAX_IMAGE_PX = 384
@@ -162,8 +162,7 @@ def overlay_image(record: dict, effect: Any, bound: float) -> tuple[np.ndarray, 
     ``bound``, signed power 1/1.2, white at 0) blended over the grey input, enlarged as :func:`boxed_image`, ROI
     box drawn. ``effect`` is the (rows, cols) map in dB (lists with None for NaN accepted); its blocks tile the
     image."""
-    e = np.array([[np.nan if v is None else v for v in row] for row in effect], dtype=np.float64) \
-        if isinstance(effect, list) else np.asarray(effect, dtype=np.float64)
+    e = float_grid(effect)
     arr = decode_image(record)
     k = zoom_factor(arr.shape[1], arr.shape[0])
     img = _zoom(arr, k).astype(np.float64)
