@@ -15,6 +15,7 @@ held-out crops and the PSNR.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import torch
 
 import cem_checks as cc
 from cem_checks.images import quantize
-from cem_checks.tasks import Denoising, Deraining, SuperResolution, resize_bicubic
+from cem_checks.tasks import SuperResolution, parse_task, resize_bicubic
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = HERE / "checkpoints"
@@ -123,24 +124,17 @@ def val_crops(n: int = VAL_CROPS, size: int = VAL_CROP_PX) -> torch.Tensor:
 def degrade(task: str, clean: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """(N, 3, H, W) clean -> the model inputs the engine's task ``task`` makes; ``seeds[i]`` seeds the noise or
     rain of sample i (unused for SR, whose degradation is deterministic)."""
-    if task.startswith("sr"):
-        return SuperResolution(int(task[2:])).degrade(clean)
-    if task.startswith("dn"):
-        sigma = float(task[2:])
-        sigma = int(sigma) if sigma.is_integer() else sigma
-        return torch.cat([Denoising(sigma, seed=s).degrade(c[None]) for c, s in zip(clean, seeds)])
-    if task == "dr":
-        return torch.cat([Deraining(seed=s).degrade(c[None]) for c, s in zip(clean, seeds)])
-    raise ValueError(f"unknown task {task!r}")
+    t = parse_task(task)
+    if isinstance(t, SuperResolution):
+        return t.degrade(clean)
+    return torch.cat([dataclasses.replace(t, seed=s).degrade(c[None]) for c, s in zip(clean, seeds)])
 
 
 def trivial_restoration(task: str, degraded: torch.Tensor) -> torch.Tensor:
     """The trivial baseline a model must beat: bicubic upsampling for SR, the degraded input itself for
     denoising and deraining."""
-    if task.startswith("sr"):
-        s = int(task[2:])
-        return resize_bicubic(degraded, (degraded.shape[-2] * s, degraded.shape[-1] * s))
-    return degraded
+    s = parse_task(task).scale
+    return resize_bicubic(degraded, (degraded.shape[-2] * s, degraded.shape[-1] * s)) if s > 1 else degraded
 
 
 def psnr_db(output: torch.Tensor, clean: torch.Tensor) -> float:
