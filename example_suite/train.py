@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 import torch.nn.functional as F
 
+from cem_checks._io import atomic_write, atomic_write_text
 from example_suite import zoo
 
 
@@ -126,7 +127,7 @@ def _write_manifest(path: Path, models: dict) -> None:
         "platform": platform.platform(),
         "models": {k: models[k] for k in zoo.MODELS if k in models},
     }
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         pool, finished = None, map(_train_job, jobs)
     failures = []
     for name, state_dict, entry in finished:
-        torch.save(state_dict, args.out / entry["file"])
+        atomic_write(args.out / entry["file"], lambda fh, sd=state_dict: torch.save(sd, fh))  # whole files only
         entry["bytes"] = (args.out / entry["file"]).stat().st_size
         models[name] = entry
         _write_manifest(manifest_path, models)
