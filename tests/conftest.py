@@ -26,6 +26,22 @@ def natural32() -> np.ndarray:
     return (img[:, 180:212, 200:232].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+@pytest.fixture(scope="session")
+def planted_map(natural32):
+    """``(result, far, d)``: the paper-mode map of ``PlantedNonLocal`` (the 4x4 ROI at (4, 4) copies the block
+    at (24, 20), which holds the ROI's own content), the (row, col) of that far block and its distance (px)."""
+    import cem_checks as cc
+    from nets import PlantedNonLocal
+
+    img = natural32.copy()
+    roi, source = (4, 4, 4), (24, 20, 4)
+    img[20:24, 24:28] = img[4:8, 4:8]
+    result = cc.compute_cem(PlantedNonLocal(roi, source), img, task=cc.Denoising(10), roi=roi, block_size=4,
+                            mode="paper", coarse=2, fine=4, progress=False, device="cpu")
+    far = (source[1] // 4, source[0] // 4)
+    return result, far, int(result.distance[far])
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -10,7 +10,7 @@ import pytest
 
 import cem_checks as cc
 from cem_checks import checks as C
-from nets import ConvStack, PlantedNonLocal
+from nets import ConvStack
 
 FAST = dict(mode="paper", coarse=2, fine=4, progress=False, device="cpu")
 
@@ -118,13 +118,8 @@ def test_uses_context_beyond(res):
         C.assert_uses_context_beyond(res, 2, 0.2)
 
 
-def test_planted_non_local_model_uses_context_and_is_not_local(natural32):
-    img = natural32.copy()
-    roi, source = (4, 4, 4), (24, 20, 4)
-    img[20:24, 24:28] = img[4:8, 4:8]
-    r = cc.compute_cem(PlantedNonLocal(roi, source), img, task=cc.Denoising(10), roi=roi, block_size=4, **FAST)
-    far = (source[1] // 4, source[0] // 4)
-    d = int(r.distance[far])
+def test_planted_non_local_model_uses_context_and_is_not_local(planted_map):
+    r, far, d = planted_map
     assert C.assert_uses_context_beyond(r, 8, 0.9).measured == 1.0
     with pytest.raises(C.CausalPropertyError, match=rf"(?s)= {d} px.*block \(row {far[0]}, col {far[1]}\) at {d} px: \+"):
         C.assert_positive_effect_local(r, 8)

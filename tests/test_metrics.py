@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import cem_checks as cc
 from cem_checks import metrics as M
-from nets import Affine, Constant, ConvStack, PlantedNonLocal
+from nets import Affine, Constant, ConvStack
 
 FAST = dict(mode="paper", coarse=2, fine=4, progress=False, device="cpu")
 
@@ -250,13 +250,8 @@ def test_identity_denoiser_only_affects_the_roi(natural32):
     assert M.effective_radius(res, 1.0, include_roi=True) == 0
 
 
-def test_planted_non_local_block_holds_all_the_mass(natural32):
-    img = natural32.copy()
-    roi, source = (4, 4, 4), (24, 20, 4)
-    img[20:24, 24:28] = img[4:8, 4:8]
-    res = cc.compute_cem(PlantedNonLocal(roi, source), img, task=cc.Denoising(10), roi=roi, block_size=4, **FAST)
-    far = (source[1] // 4, source[0] // 4)
-    d = int(res.distance[far])
+def test_planted_non_local_block_holds_all_the_mass(planted_map):
+    res, far, d = planted_map
     assert d >= 12
     assert M.max_reach(res) == d and M.support_radius(res) == d
     assert M.effective_radius(res, 0.5) == d
