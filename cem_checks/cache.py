@@ -1,8 +1,10 @@
 """Resumable computation: partial results of a map, keyed by everything that determines them.
 
-Layout: ``<cache_dir>/<key>/`` holds ``key.json`` (what the key was computed from, for inspection) and one
+Layout: ``<cache_dir>/<key>/`` holds ``key.json`` (what the key was computed from, for inspection), one
 ``<phase>-<chunk>.npz`` per finished chunk of draws (per-draw PSNR drops and "ROI changed" flags, with a
-SHA-256 checksum of their bytes). Each file is written to a temporary name and renamed into place, so a run
+SHA-256 checksum of their bytes; ``<phase>-local-<chunk>.npz`` for draws evaluated locally) and one
+``check-*.json`` per verdict of a check the run makes once (batch independence, an exact crop, local
+evaluation), so a rerun whose draws are all cached repeats none of them. Each file is written to a temporary name and renamed into place, so a run
 killed at any moment leaves only whole files. A file that cannot be read, or whose checksum does not match,
 is ignored with a :class:`~cem_checks.errors.CacheWarning` and its chunk is recomputed.
 
@@ -83,8 +85,9 @@ class ChunkCache:
 
     def __init__(self, root: str | os.PathLike | None, material: dict[str, Any]):
         self.enabled = root is not None
-        self.hits = 0
-        self.writes = 0
+        self.hits = 0  # chunks of draws read back
+        self.writes = 0  # chunks of draws written
+        self.check_hits = 0  # verdicts of checks (JSON records) read back
         if not self.enabled:
             self.dir = None
             return
@@ -101,6 +104,10 @@ class ChunkCache:
 
     def _path(self, phase: str, index: int) -> Path:
         return self.dir / f"{phase}-{index:05d}.npz"
+
+    def has(self, phase: str, index: int) -> bool:
+        """Whether a file for chunk ``index`` of ``phase`` exists (it may still fail :meth:`get`'s checks)."""
+        return self.enabled and self._path(phase, index).exists()
 
     def get(self, phase: str, index: int, n: int, what: str = "") -> tuple[np.ndarray, np.ndarray] | None:
         """The cached (drops, changed) of chunk ``index`` of ``phase``, or None (missing or corrupted).
@@ -138,6 +145,35 @@ class ChunkCache:
             return None
         self.hits += 1
         return drops, changed
+
+    def get_record(self, name: str) -> dict[str, Any] | None:
+        """The JSON record ``name`` (a verdict of a check the run made once, e.g. whether a crop is exact), or None."""
+        if not self.enabled:
+            return None
+        path = self.dir / f"{name}.json"
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is treated the same way
+            warnings.warn(f"ignoring corrupted cache file {str(path)!r} ({type(exc).__name__}: {exc}); the check is "
+                          "run again.", CacheWarning, stacklevel=3)
+            return None
+        self.check_hits += 1
+        return record
+
+    def put_record(self, name: str, record: dict[str, Any]) -> None:
+        """Write the JSON record ``name`` atomically; a failed write warns and the run goes on."""
+        if not self.enabled:
+            return
+        path = self.dir / f"{name}.json"
+        try:
+            atomic_write_text(path, json.dumps(record, sort_keys=True, default=str))
+        except OSError as exc:
+            warnings.warn(f"cannot write cache file {str(path)!r} ({exc}); this check is not cached.", CacheWarning,
+                          stacklevel=3)
 
     def put(self, phase: str, index: int, drops: np.ndarray, changed: np.ndarray, what: str = "") -> None:
         """Write a chunk atomically; a failed write (e.g. a full disk) warns and the run goes on uncached."""

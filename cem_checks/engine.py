@@ -88,6 +88,7 @@ from .errors import (
     ImageError,
     ModelError,
     NondeterministicModelWarning,
+    OutputRangeWarning,
     PrecisionWarning,
     ROIError,
     describe_value,
@@ -97,7 +98,7 @@ from .images import load_image
 from .patches import load_patches
 from .result import CEMResult
 from .stats import summarize_draws, t_quantile
-from .tasks import describe_task, parse_task
+from .tasks import describe_task, parse_task, task_cache_identity
 
 MODES = ("fast", "paper")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -107,7 +108,7 @@ MAX_PSNR_DB = 100.0
 CHUNK = 256
 #: Default batch size on CPU: larger batches bring no throughput on a few cores.
 CPU_BATCH = 8
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,13 @@ class ModelRunner:
             yield self
             return
         tensors = list(m.parameters()) + list(m.buffers())
+        meta = [name for name, t in list(m.named_parameters()) + list(m.named_buffers()) if t.is_meta]
+        if meta:
+            raise ModelError(
+                f"the model {model_name(m)} has {len(meta)} parameters or buffers on the meta device (shapes without "
+                f"data, e.g. {meta[0]!r}); load its weights first, e.g. `model.to_empty(device='cpu')` then "
+                "`model.load_state_dict(state_dict)`, or build it without the meta-device context."
+            )
         was_training = m.training
         orig_device = tensors[0].device if tensors else None
         floating = [t.dtype for t in tensors if t.is_floating_point()]
@@ -255,6 +263,12 @@ class ModelRunner:
             raise ModelError(
                 f"the model {model_name(self.model)} returned {type(out).__name__}; expected a torch.Tensor of shape "
                 f"(B, C, H, W). Wrap it so that it returns the image tensor."
+            )
+        if not out.is_floating_point():
+            raise ModelError(
+                f"the model {model_name(self.model)} returned a {out.dtype} tensor; expected floating point values in "
+                "[0, 1] (the outcome clamps the output to [0, 1] and rounds it to 8 bits itself). If it returns 0-255 "
+                "integers, wrap it: `lambda x: model(x).float() / 255`."
             )
         want = (B, C, h * self.scale, w * self.scale)
         if out.shape != want:
@@ -370,16 +384,25 @@ class _Engine:
         for ci, i0 in enumerate(range(0, n_items, CHUNK)):
             i1 = min(i0 + CHUNK, n_items)
             p0, p1 = starts[ci], starts[ci + 1]
+            pairs = (item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1])
+            what = digest(*pairs, frame.box) if self.cache.enabled else ""
+            cached = None
+            # A locally evaluated chunk is cached under its own name, so a chunk computed either way is found
+            # again by a rerun (which takes the same path: the local-evaluation verdict is cached too).
             use_local = local is not None and local.active
-            what = digest(item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1], frame.box,
-                          *(["local"] if use_local else [])) if self.cache.enabled else ""
-            cached = self.cache.get(phase, ci, i1 - i0, what)
-            if cached is None and use_local:
-                cached = local.run_chunk(frame, phase, ci, item_of_pair[p0:p1] - i0, block_of_pair[p0:p1],
-                                         patch_of_pair[p0:p1], i1 - i0)
+            if use_local:
+                what_local = digest(*pairs, frame.box, "local") if self.cache.enabled else ""
+                cached = self.cache.get(f"{phase}-local", ci, i1 - i0, what_local)
+                if cached is None and self.cache.enabled and self.cache.has(phase, ci):
+                    cached = self.cache.get(phase, ci, i1 - i0, what)
+                if cached is None:
+                    cached = local.run_chunk(frame, phase, ci, *pairs, i1 - i0)
+                    if cached is not None:
+                        self.cache.put(f"{phase}-local", ci, *cached, what=what_local)
+            else:
+                cached = self.cache.get(phase, ci, i1 - i0, what)
             if cached is None:
-                cached = self._run_chunk(frame, phase, ci, item_of_pair[p0:p1] - i0, block_of_pair[p0:p1],
-                                         patch_of_pair[p0:p1], i1 - i0)
+                cached = self._run_chunk(frame, phase, ci, *pairs, i1 - i0)
                 self.cache.put(phase, ci, *cached, what=what)
             drops[i0:i1], changed[i0:i1] = cached
             self.bar.update(i1 - i0)
@@ -471,6 +494,58 @@ def _progress(enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=0, desc="CEM", unit="img", disable=not enabled, leave=False, file=sys.stderr)
+
+
+#: The output is taken to be on another scale than [0, 1] (e.g. 0-255) when some value's magnitude exceeds
+#: ``RANGE_LIMIT``, or more than ``RANGE_SHARE`` of its values lie outside ``RANGE_SLACK``. (Models with
+#: untrained weights overshoot [0, 1] by a few units; a 0-255 model's output of any but a black image does not.)
+RANGE_LIMIT = 16.0
+RANGE_SLACK = (-0.5, 1.5)
+RANGE_SHARE = 0.5
+
+
+def _check_output_range(out: torch.Tensor, model: Any) -> None:
+    """Warn (:class:`OutputRangeWarning`) when the model's output is far outside [0, 1] (e.g. 0-255)."""
+    lo_ok, hi_ok = RANGE_SLACK
+    outside = float(((out < lo_ok) | (out > hi_ok)).double().mean())
+    lo, hi = float(out.min()), float(out.max())
+    if outside > RANGE_SHARE or max(-lo, hi) > RANGE_LIMIT:
+        warnings.warn(
+            f"the output of {model_name(model)} on the degraded input has values in [{lo:.4g}, {hi:.4g}], "
+            f"{100 * outside:.1f} % of them outside [{lo_ok}, {hi_ok}]; the outcome clamps the output to [0, 1], so "
+            "the map is meaningless unless the model works on [0, 1] images. Wrap the model so that it takes and "
+            "returns [0, 1] images, e.g. `lambda x: model(x * 255) / 255` for a model of 0-255 images.",
+            OutputRangeWarning,
+            stacklevel=3,
+        )
+
+
+def _check_batch_independence(eng: "_Engine", x: torch.Tensor) -> None:
+    """Raise :class:`ModelError` when the output for one image depends on the other images of its batch.
+
+    The engine batches interventions and compares each image's ROI output with a baseline batch, so a model
+    whose output couples the images of a batch (BatchNorm in training mode, batch statistics) gives a wrong
+    support and wrong effects. The test: the baseline image next to a copy of itself, and next to a different
+    image (the input at half brightness), in batches of the same shape; its output must be bit-identical.
+    The verdict is cached with the run's other checks.
+    """
+    record = eng.cache.get_record("check-batch-independence")
+    if record is not None and record.get("independent") is True:
+        return
+    same = eng.forward(x.expand(2, -1, -1, -1).clone(), " (batch-independence check)")
+    mixed = eng.forward(torch.cat([x, x * 0.5]), " (batch-independence check)")
+    diff = float((same[0] - mixed[0]).abs().max())
+    roi_diff = float((same[0][eng.full.sl[1:]] - mixed[0][eng.full.sl[1:]]).abs().max())
+    if diff != 0.0:
+        raise ModelError(
+            f"the output of {model_name(eng.runner.model)} for an image depends on the other images of its batch: the "
+            f"baseline's output changed by up to {diff:.3g} (ROI: {roi_diff:.3g}) when the second image of a batch of "
+            "2 was replaced. Batched interventions would then give a wrong support and wrong effects. Typical cause: "
+            "BatchNorm (or another layer using batch statistics) in training mode, e.g. an nn.Module wrapped in a "
+            "function, which the engine cannot put in eval mode. Fix: call model.eval() before wrapping it (or pass "
+            "the nn.Module itself), or pass batch_size=1."
+        )
+    eng.cache.put_record("check-batch-independence", {"independent": True, "batch": 2})
 
 
 def _auto_batch_size(runner: ModelRunner, x: torch.Tensor) -> int:
@@ -567,20 +642,34 @@ def _verified_crop(eng: _Engine, candidates: np.ndarray, opts: FastOptions) -> t
     if (y1 - y0, x1 - x0) == (eng.grid.height, eng.grid.width):
         return eng.full, {"crop": None, "crop_check": "not needed: the support spans the whole input"}
     frame = _Frame(eng, y0, x0, y1 - y0, x1 - x0)
+    box = [y0, x0, y1 - y0, x1 - x0]
+    key = f"check-crop-{y0}-{x0}-{y1 - y0}-{x1 - x0}"
+    verdict = eng.cache.get_record(key)
+    if verdict is None or not isinstance(verdict.get("crop_check"), str):
+        verdict, cacheable = _crop_verdict(eng, frame, opts)
+        if cacheable:
+            eng.cache.put_record(key, verdict)
+    if verdict.get("exact"):
+        return frame, {"crop": box, "crop_check": verdict["crop_check"]}
+    return eng.full, {"crop": None, "crop_check": verdict["crop_check"]}
+
+
+def _crop_verdict(eng: _Engine, frame: _Frame, opts: FastOptions) -> tuple[dict[str, Any], bool]:
+    """Whether the ROI output of the cropped baseline equals the full image's within ``crop_atol``, and whether
+    that verdict may be cached (not when the model failed on the crop: an out-of-memory error may not recur)."""
     try:  # one image each: the verdict does not depend on the batch size
         crop_r, _ = frame.baseline(1)
         full_r, _ = eng.full.baseline(1)
     except Exception as exc:
         if not (isinstance(exc, ModelError) or _is_oom(exc)):
             raise
-        return eng.full, {"crop": None, "crop_check": f"failed: the model cannot run on the crop ({exc})"}
+        return {"exact": False, "crop_check": f"failed: the model cannot run on the crop ({exc})"}, False
     diff = float((crop_r - full_r).abs().max())
-    box = [y0, x0, y1 - y0, x1 - x0]
     if diff == 0.0:
-        return frame, {"crop": box, "crop_check": "bit-exact"}
+        return {"exact": True, "crop_check": "bit-exact"}, True
     if diff <= opts.crop_atol:
-        return frame, {"crop": box, "crop_check": f"max |diff| {diff:.2e} <= crop_atol {opts.crop_atol:.0e}"}
-    return eng.full, {"crop": None, "crop_check": f"failed: max |diff| {diff:.3g} > crop_atol {opts.crop_atol:.0e}"}
+        return {"exact": True, "crop_check": f"max |diff| {diff:.2e} <= crop_atol {opts.crop_atol:.0e}"}, True
+    return {"exact": False, "crop_check": f"failed: max |diff| {diff:.3g} > crop_atol {opts.crop_atol:.0e}"}, True
 
 
 def sequential_sampling(draw: Callable[[np.ndarray, int, int, int], np.ndarray], n_blocks: int, looks: list[int],
@@ -625,16 +714,29 @@ def sequential_sampling(draw: Callable[[np.ndarray, int, int, int], np.ndarray],
 class _LocalDraws:
     """Single-block draws of one frame evaluated locally (:mod:`cem_checks.local_eval`), once verified.
 
-    Costs go to the runner's counters: each intervened image counts as one forward pass, its pixels as the
-    output pixels computed per convolution (a full forward on the frame counts h * w)."""
+    The evaluator (the frame's baseline activations) is built on first use, so a rerun whose draws are all
+    cached builds nothing. Costs go to the runner's counters: each intervened image counts as one forward
+    pass, its pixels as the output pixels computed per convolution (a full forward on the frame counts h * w)."""
 
-    def __init__(self, eng: _Engine, frame: _Frame, ev, info: dict[str, Any]):
-        self.eng, self.frame, self.ev, self.info = eng, frame, ev, info
+    def __init__(self, eng: _Engine, frame: _Frame, plan, info: dict[str, Any]):
+        self.eng, self.frame, self.plan, self.info = eng, frame, plan, info
         self.active = True
-        self.base_psnr = frame.psnr(ev.roi_base)
+        self._ev = None
+
+    @property
+    def ev(self):
+        if self._ev is None:
+            from .local_eval import FrameEvaluator
+
+            S, f = self.eng.roi.size, self.frame
+            ry, rx = f.sl[2].start, f.sl[3].start
+            with torch.inference_mode():
+                self._ev = FrameEvaluator(self.plan, f.x.to(self.eng.runner.dtype), (ry, ry + S, rx, rx + S))
+            self.base_psnr = f.psnr(self._ev.roi_base)
+        return self._ev
 
     def roi_outputs(self, blocks: np.ndarray, top: torch.Tensor, left: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-        f, runner, b = self.frame, self.eng.runner, self.eng.b
+        f, runner, b, ev = self.frame, self.eng.runner, self.eng.b, self.ev
         out = None
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -642,7 +744,7 @@ class _LocalDraws:
                 sel = np.flatnonzero(blocks == blk)
                 y, x = int(top[sel[0]]) - f.y0, int(left[sel[0]]) - f.x0
                 idx = torch.as_tensor(sel, device=content.device)
-                r = self.ev.roi_outputs((y, y + b, x, x + b), content[idx])
+                r = ev.roi_outputs((y, y + b, x, x + b), content[idx])
                 if out is None:
                     out = r.new_empty((len(blocks),) + tuple(r.shape[1:]))
                 out[idx] = r
@@ -658,8 +760,9 @@ class _LocalDraws:
         if frame is not self.frame or len(blocks) != n or not np.array_equal(items, np.arange(n)):
             return None
         content, top, left = self.eng.chunk_content(phase, ci, blocks, patches)
-        px0 = self.ev.pixels
+        px0 = self._ev.pixels if self._ev is not None else 0
         try:
+            ev = self.ev
             r = self.roi_outputs(blocks, top, left, content)
         except Exception as exc:  # any failure: the normal path takes over
             if isinstance(exc, CEMError):
@@ -670,15 +773,18 @@ class _LocalDraws:
             self.active = False
             self.info["check"] += f"; stopped after {self.info['draws']} draws: {type(exc).__name__}: {exc}"
             return None
-        self.eng.runner.pixels += self.ev.pixels - px0
+        self.eng.runner.pixels += ev.pixels - px0
         self.info["draws"] += n
-        self.info["pixels"] += self.ev.pixels - px0
+        self.info["pixels"] += ev.pixels - px0
         drops = (self.base_psnr - frame.psnr(r)).cpu().numpy()
         return drops, np.zeros(n, dtype=bool)
 
 
 def _local_setup(eng: _Engine, frame: _Frame, fl: np.ndarray, opts: FastOptions, tol: float):
-    """A verified :class:`_LocalDraws` for the fine phase in ``frame``, or None; and the meta summary."""
+    """A verified :class:`_LocalDraws` for the fine phase in ``frame``, or None; and the meta summary.
+
+    The verdict of the check is cached (per frame and flagged set), so a rerun neither repeats the check's
+    forward passes nor decides differently."""
     info: dict[str, Any] = {"used": False, "check": "", "draws": 0, "check_draws": 0, "pixels": 0}
     if not opts.local_eval:
         info["check"] = "off"
@@ -692,29 +798,36 @@ def _local_setup(eng: _Engine, frame: _Frame, fl: np.ndarray, opts: FastOptions,
         info["check"] = f"not used: scale {eng.scale} (local evaluation covers same-resolution models)"
     if info["check"]:
         return None, info
-    from .local_eval import FrameEvaluator, build_plan
+    from .local_eval import build_plan
 
     plan, why = build_plan(eng.runner.model)
     if plan is None:
         info["check"] = f"unsupported: {why}"
         return None, info
-    S = eng.roi.size
-    ry, rx = frame.sl[2].start, frame.sl[3].start
+    local = _LocalDraws(eng, frame, plan, info)
+    key = f"check-local-{digest(frame.box, fl)}"
+    verdict = eng.cache.get_record(key)
+    if verdict is None or not isinstance(verdict.get("check"), str):
+        verdict = _local_verdict(eng, local, fl, opts)
+        eng.cache.put_record(key, verdict)
+    info.update({k: verdict[k] for k in ("used", "check", "check_draws") if k in verdict})
+    return (local if info["used"] else None), info
+
+
+def _local_verdict(eng: _Engine, local: _LocalDraws, fl: np.ndarray, opts: FastOptions) -> dict[str, Any]:
+    """Check local evaluation against the model's forward on the baseline and on real interventions: the
+    nearest and farthest flagged blocks, one on the frame border, the median. Returns the (cacheable) verdict."""
+    frame = local.frame
     try:
-        with torch.inference_mode():
-            ev = FrameEvaluator(plan, frame.x.to(eng.runner.dtype), (ry, ry + S, rx, rx + S))
+        ev = local.ev
     except Exception as exc:  # a graph the plan cannot evaluate: not supported
         if _is_oom(exc):
             raise
-        info["check"] = f"unsupported: {type(exc).__name__}: {exc}"
-        return None, info
-    local = _LocalDraws(eng, frame, ev, info)
+        return {"used": False, "check": f"unsupported: {type(exc).__name__}: {exc}"}
     base_diff = float((ev.roi_base.to(frame.baseline(1)[0].device) - frame.baseline(1)[0]).abs().max())
     if not base_diff <= opts.crop_atol:
-        info["check"] = f"failed: the traced graph's baseline ROI output differs from the model's by {base_diff:.3g}"
-        return None, info
+        return {"used": False, "check": f"failed: the traced graph's baseline ROI output differs from the model's by {base_diff:.3g}"}
 
-    # Verify on real interventions: the nearest and farthest flagged blocks, one on the frame border, the median.
     b = eng.b
     dist = eng.distance.ravel()[fl]
     r, c = np.divmod(fl, eng.grid.cols)
@@ -723,7 +836,6 @@ def _local_setup(eng: _Engine, frame: _Frame, fl: np.ndarray, opts: FastOptions,
     pick = [fl[order[0]], fl[order[-1]], fl[order[len(order) // 2]]] + ([fl[np.flatnonzero(border)[0]]] if border.any() else [])
     pick = np.array(sorted({int(p) for p in pick}))
     blocks = np.repeat(pick, 2)
-    info["check_draws"] = len(blocks)
     patches = eng.patch_ids("local-check", (len(blocks),))
     content, top, left = eng.chunk_content("local-check", 0, blocks, patches)
     ref = []
@@ -738,18 +850,16 @@ def _local_setup(eng: _Engine, frame: _Frame, fl: np.ndarray, opts: FastOptions,
     except Exception as exc:  # the check fails: the normal path is kept
         if _is_oom(exc) or isinstance(exc, CEMError):
             raise
-        info["check"] = f"failed: local evaluation raised {type(exc).__name__}: {exc}"
-        return None, info
+        return {"used": False, "check": f"failed: local evaluation raised {type(exc).__name__}: {exc}",
+                "check_draws": len(blocks)}
     finally:
         eng.runner.pixels += ev.pixels - px0
     diff = float((torch.cat(ref) - loc.to(ref[0].device)).abs().max())
     if diff > opts.crop_atol:
-        info["check"] = f"failed: max |diff| {diff:.3g} > crop_atol {opts.crop_atol:.0e} on {len(blocks)} check draws"
-        return None, info
-    info["used"] = True
-    info["check"] = ("bit-exact" if diff == 0 else f"max |diff| {diff:.2e} <= crop_atol {opts.crop_atol:.0e}") + \
-        f" on {len(blocks)} check draws"
-    return local, info
+        return {"used": False, "check_draws": len(blocks),
+                "check": f"failed: max |diff| {diff:.3g} > crop_atol {opts.crop_atol:.0e} on {len(blocks)} check draws"}
+    check = ("bit-exact" if diff == 0 else f"max |diff| {diff:.2e} <= crop_atol {opts.crop_atol:.0e}")
+    return {"used": True, "check_draws": len(blocks), "check": f"{check} on {len(blocks)} check draws"}
 
 
 def _fast(eng: _Engine, coarse: int, fine: int, tol: float, opts: FastOptions):
@@ -927,7 +1037,7 @@ def compute_cem(
                 "cannot be hashed; pass cache_key='<name-and-version-of-the-model>' or an nn.Module."
             )
         cache_material = {
-            "engine": ENGINE_VERSION, "model": model_id, "image": hash_tensor(clean.cpu()), "task": describe_task(task),
+            "engine": ENGINE_VERSION, "model": model_id, "image": hash_tensor(clean.cpu()), "task": task_cache_identity(task),
             "roi": list(roi.as_tuple()), "block_size": b, "mode": mode, "seed": seed, "patches": bank.sha256,
             "coarse": coarse, "fine": fine, "tol_db": tol_db, "fast": asdict(fast) if mode == "fast" else None,
             "precision": precision, "channels_last": channels_last, "device": dev.type,
@@ -944,7 +1054,9 @@ def compute_cem(
         with eng.runner.prepared():
             first = eng.forward(degraded.clone(), " (validating the model on the degraded input)")
             second = eng.forward(degraded.clone(), " (determinism check)")
-            if not torch.equal(first, second):
+            _check_output_range(first, model)
+            deterministic = torch.equal(first, second)
+            if not deterministic:
                 diff = float((first - second).abs().max())
                 warnings.warn(
                     f"two identical forward passes of {model_name(model)} differ (max |diff| = {diff:.3g}); the model is "
@@ -970,6 +1082,8 @@ def compute_cem(
                     )
             B = _auto_batch_size(eng.runner, degraded) if batch_size == "auto" else int(batch_size)
             eng.batch_size = min(B, CHUNK)
+            if eng.batch_size > 1 and deterministic:
+                _check_batch_independence(eng, degraded)
             base_psnr = float(eng.full.psnr(first[eng.full.sl])[0])
             if mode == "paper":
                 mean, stderr, lo, hi, counts, samples, support, flagged, info = _paper(eng, coarse, fine, tol_db)
@@ -990,7 +1104,8 @@ def compute_cem(
         "precision": precision,
         "precision_shift_db": precision_shift,
         "channels_last": channels_last,
-        "cache": {"dir": str(cache.dir), "hits": cache.hits, "writes": cache.writes} if cache.enabled else None,
+        "cache": {"dir": str(cache.dir), "hits": cache.hits, "writes": cache.writes, "check_hits": cache.check_hits}
+        if cache.enabled else None,
         **({"fast": {**asdict(fast), **info}} if mode == "fast" else {}),
     }
     return CEMResult(

@@ -42,6 +42,11 @@ class NondeterministicModelWarning(CEMWarning):
     """Two identical forward passes of the model gave different outputs."""
 
 
+class OutputRangeWarning(CEMWarning):
+    """The model's output lies far outside [0, 1] (e.g. 0-255 or [-1, 1]): the outcome clamps it, so the map is
+    meaningless unless the model is wrapped to work in [0, 1]."""
+
+
 class ImageConversionWarning(CEMWarning):
     """The image was converted in a way that changes what a viewer would see (e.g. translucent alpha)."""
 

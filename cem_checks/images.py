@@ -78,6 +78,11 @@ def _from_array(arr: np.ndarray, original: object) -> np.ndarray:
 
 
 def _to_float(arr: np.ndarray, original: object) -> np.ndarray:
+    if arr.size == 0:
+        raise ImageError(
+            f"image {describe_value(original)} is empty (height {arr.shape[0]}, width {arr.shape[1] if arr.ndim > 1 else 0}); "
+            "expected at least 1x1 pixels. Check the crop or slice that produced it."
+        )
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.uint16:
@@ -135,6 +140,13 @@ def load_image(image: ImageLike) -> torch.Tensor:
             raise ImageError(
                 f"image tensor {describe_value(image)} has an unsupported shape; expected CxHxW with C in "
                 "(1, 3, 4) or HxW. Permute an HxWxC tensor with t.permute(2, 0, 1)."
+            )
+        if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: widen (exactly) to float32
+            t = t.float()
+        elif t.is_complex() or t.dtype == torch.bool:
+            raise ImageError(
+                f"image tensor {describe_value(image)} has dtype {t.dtype}; expected float in [0, 1] or uint8. "
+                "Convert it, e.g. t.float() / 255 for 0-255 integer data."
             )
         arr = t.permute(1, 2, 0).numpy()
         out = _to_float(_from_array(arr, image), image)

@@ -18,6 +18,7 @@ Every intervened block is clamped to [0, 1] and rounded to 8 bits, like the degr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -262,6 +263,11 @@ def parse_task(task: Any) -> Task:
             sigma = float(m.group("dn"))
             return Denoising(int(sigma) if sigma.is_integer() else sigma)
         return Deraining()
+    if isinstance(task, type):
+        raise CEMInputError(
+            f"task={task.__qualname__} is a class, not a task object; pass an instance, e.g. {task.__qualname__}() "
+            "with its settings (cem_checks.Denoising(sigma=50)), or a short name such as 'dn50'."
+        )
     missing = [a for a in ("name", "scale", "crop", "degrade", "patch_to_block", "intervene") if not hasattr(task, a)]
     if missing:
         raise CEMInputError(
@@ -279,3 +285,25 @@ def describe_task(task: Task) -> dict[str, Any]:
     if hasattr(task, "describe"):
         return dict(task.describe())
     return {"name": str(task.name), "kind": type(task).__name__, "scale": int(task.scale)}
+
+
+def task_cache_identity(task: Task) -> dict[str, Any]:
+    """What identifies ``task`` in a cache key: its class (module and qualified name), its ``describe()`` and,
+    for a dataclass, the values of its fields.
+
+    The class is part of the key because a subclass may degrade or intervene differently under the same
+    description. A task without ``describe()`` cannot be told apart from another instance of its class with
+    other settings, so it is refused (:class:`~cem_checks.errors.CEMInputError`) rather than risk reusing
+    another task's draws.
+    """
+    cls = type(task)
+    if not callable(getattr(task, "describe", None)):
+        raise CEMInputError(
+            f"cache_dir needs to identify the task, but task {describe_value(task)} (class {cls.__module__}."
+            f"{cls.__qualname__}) has no describe() method; add `def describe(self) -> dict` returning a JSON-safe "
+            "dict of every setting that changes how it degrades or intervenes, or run without cache_dir."
+        )
+    identity: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}", "describe": dict(task.describe())}
+    if dataclasses.is_dataclass(task):
+        identity["fields"] = {f.name: repr(getattr(task, f.name)) for f in dataclasses.fields(task) if f.repr}
+    return identity
