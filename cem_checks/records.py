@@ -26,8 +26,9 @@ property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` p
 ``bound_text``, the two strings a summary line shows.
 
 :func:`record_test` and :func:`results_document` build the same structure outside pytest (the ``cem run``
-command); :func:`load_document` reads and validates a results file, :func:`write_document` writes one, and
-:func:`merge_documents` joins several (shards of one run on different machines) into one document.
+command); :func:`load_document` reads and validates a results file (down to each value the report reads),
+:func:`write_document` writes one, :func:`merge_documents` joins several (shards of one run on different machines)
+into one document, and :func:`recount_summary` recomputes a document's summary from its tests.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 from . import metrics as M
 from ._io import atomic_write_text
 from .checks import PropertyOutcome, _fmt, run_settings
-from .errors import CEMInputError, ResultsFileError
+from .errors import CEMInputError, ResultsFileError, describe_value
 from .result import CEMResult, _json_safe
 from .reporting.images import DEFAULT_MAX_IMAGE_PX, check_max_image_px, embed_image
 from .tasks import parse_task
@@ -68,6 +69,7 @@ __all__ = [
     "property_line",
     "property_record",
     "record_test",
+    "recount_summary",
     "results_document",
     "summarize",
     "uncertainty_summary",
@@ -249,9 +251,112 @@ def results_document(tests: Sequence[dict], *, settings: dict | None = None, env
     }
 
 
+def recount_summary(document: dict) -> dict[str, Any]:
+    """``document`` (a results document) with its ``summary`` recomputed from its ``tests`` (:func:`summarize`);
+    the stored ``exitstatus`` is kept when it is an integer. A stored summary is never shown as it is: a file
+    edited or cut short could claim maps or failures its tests do not hold."""
+    status = (document.get("summary") or {}).get("exitstatus") if isinstance(document.get("summary"), dict) else None
+    keep = status if isinstance(status, int) and not isinstance(status, bool) else None
+    return dict(document, summary=summarize(document["tests"], keep))
+
+
+#: The per-block grids of a map summary the report reads: key -> (accepted JSON types, null allowed, what is
+#: expected). Null stands for NaN in the float grids.
+MAP_GRIDS = {
+    "effect_db": ((int, float), True, "a number (dB) or null (NaN)"),
+    "stderr_db": ((int, float), True, "a number (dB) or null (undefined)"),
+    "distance_px": ((int,), False, "an integer (input px)"),
+    "n_samples": ((int,), False, "an integer (draws)"),
+    "roi_mask": ((bool,), False, "true or false"),
+}
+#: The numbers and the counts (integers) of a map summary the report reads (null allowed: shown as n/a).
+MAP_NUMBERS = ("base_psnr_db", "effect_min_db", "effect_max_db", "display_bound_db", "support_radius_px", "wall_s")
+MAP_COUNTS = ("forward_passes", "pixels_processed", "positive_blocks", "negative_blocks", "zero_blocks",
+              "support_blocks")
+#: The objects (dicts) of a map summary the report reads (null allowed for ``images``).
+MAP_OBJECTS = ("settings", "patch_bank", "uncertainty", "images")
+_REDO = "Re-create the file with pytest --cem-json or cem run -o FILE.json, or correct that value."
+
+
+def _is(value: Any, types: tuple) -> bool:
+    """``value`` is one of the JSON ``types`` (a JSON true/false is not a number)."""
+    return type(value) in types
+
+
+def _check_grid(values: Any, key: str, where: str) -> tuple[int, int]:
+    """The (rows, cols) of the map summary grid ``values`` under ``key``; :class:`ResultsFileError` (``where``
+    names the file, test and map) at the first value that is not a list of equally long rows of what
+    :data:`MAP_GRIDS` expects."""
+    types, nullable, expected = MAP_GRIDS[key]
+    if not isinstance(values, list) or not values or not isinstance(values[0], list) or not values[0]:
+        raise ResultsFileError(
+            f"{where}: {key} is {describe_value(values)}; expected a non-empty list of rows (rows x cols blocks), "
+            f"each a list of {expected}. {_REDO}")
+    cols = len(values[0])
+    for r, row in enumerate(values):
+        if not isinstance(row, list) or len(row) != cols:
+            got = f"a row of {len(row)} values" if isinstance(row, list) else describe_value(row)
+            raise ResultsFileError(
+                f"{where}: {key}[{r}] is {got}; expected a row of {cols} values like {key}[0], each {expected}. "
+                f"{_REDO}")
+        if all(_is(v, types) or (nullable and v is None) for v in row):
+            continue
+        c, bad = next((c, v) for c, v in enumerate(row) if not (_is(v, types) or (nullable and v is None)))
+        raise ResultsFileError(f"{where}: {key}[{r}][{c}] is {describe_value(bad)}; expected {expected}. {_REDO}")
+    return len(values), cols
+
+
+def _check_map(m: Any, where: str) -> None:
+    """:class:`ResultsFileError` unless the map summary ``m`` holds what the report reads in the types it reads:
+    the grids of :data:`MAP_GRIDS` (when present) of one shape, equal to ``grid``; the numbers of
+    :data:`MAP_NUMBERS` and integers of :data:`MAP_COUNTS` (or null), a positive ``display_bound_db``; the objects
+    of :data:`MAP_OBJECTS`. Keys that older versions did not write may be absent."""
+    if not isinstance(m, dict):
+        raise ResultsFileError(f"{where} is {describe_value(m)}; expected a map summary (a JSON object). {_REDO}")
+    grid = m.get("grid")
+    if grid is not None and not (isinstance(grid, list) and len(grid) == 2
+                                 and all(_is(v, (int,)) and v > 0 for v in grid)):
+        raise ResultsFileError(
+            f"{where}: grid is {describe_value(grid)}; expected [rows, cols], two integers >= 1. {_REDO}")
+    shape, first = (tuple(grid), "grid") if grid is not None else (None, None)
+    for key in MAP_GRIDS:
+        if m.get(key) is None:
+            continue
+        got = _check_grid(m[key], key, where)
+        if shape is None:
+            shape, first = got, key
+        elif got != shape:
+            raise ResultsFileError(
+                f"{where}: {key} is {got[0]}x{got[1]} blocks; expected {shape[0]}x{shape[1]} like {first}. {_REDO}")
+    for keys, types, expected in ((MAP_NUMBERS, (int, float), "a number"), (MAP_COUNTS, (int,), "an integer")):
+        for key in keys:
+            v = m.get(key)
+            if v is not None and not _is(v, types):
+                raise ResultsFileError(f"{where}: {key} is {describe_value(v)}; expected {expected} or null. {_REDO}")
+    bound = m.get("display_bound_db")
+    if bound is not None and not (bound > 0 and np.isfinite(bound)):
+        raise ResultsFileError(
+            f"{where}: display_bound_db is {bound!r}; expected a positive number of dB (the colour scale's bound, "
+            f"e.g. 1.0 for denoising). {_REDO}")
+    for key in MAP_OBJECTS:
+        v = m.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise ResultsFileError(f"{where}: {key} is {describe_value(v)}; expected a JSON object. {_REDO}")
+    roi = (m.get("settings") or {}).get("roi")
+    if roi is not None and not isinstance(roi, list):
+        raise ResultsFileError(
+            f"{where}: settings.roi is {describe_value(roi)}; expected a list [top, left, size] or null. {_REDO}")
+    for k, v in (m.get("uncertainty") or {}).items():
+        if v is not None and not _is(v, (int, float)):
+            raise ResultsFileError(
+                f"{where}: uncertainty.{k} is {describe_value(v)}; expected a number or null. {_REDO}")
+
+
 def check_document(document: Any, source: str = "the document") -> dict[str, Any]:
-    """``document`` if it is a results document of this format version; else :class:`ResultsFileError` naming
-    ``source``."""
+    """``document`` if it is a results document of this format version whose tests hold what the report reads
+    (maps and properties as lists of objects; each map checked by :func:`_check_map`: numeric grids of one shape,
+    numbers, objects); else :class:`ResultsFileError` naming ``source``, and for a bad map the test, the map, the
+    field, the value and what is expected."""
     if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise ResultsFileError(
@@ -267,6 +372,25 @@ def check_document(document: Any, source: str = "the document") -> dict[str, Any
     tests = document.get("tests")
     if not isinstance(tests, list) or not all(isinstance(t, dict) and "nodeid" in t for t in tests):
         raise ResultsFileError(f"{source} has no valid 'tests' list (each entry a dict with a 'nodeid').")
+    for key in ("settings", "environment", "summary"):
+        if document.get(key) is not None and not isinstance(document[key], dict):
+            raise ResultsFileError(
+                f"{source}: {key} is {describe_value(document[key])}; expected a JSON object. {_REDO}")
+    for t in tests:
+        test = f"{source}: test {t['nodeid']!r}"
+        for key in ("maps", "properties"):
+            items = t.get(key)
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                raise ResultsFileError(f"{test}: {key} is {describe_value(items)}; expected a list. {_REDO}")
+            for k, item in enumerate(items):
+                if key == "maps":
+                    _check_map(item, f"{test}, map {k + 1}")
+                elif not isinstance(item, dict) or not isinstance(item.get("settings") or {}, dict):
+                    raise ResultsFileError(
+                        f"{test}: property {k + 1} is {describe_value(item)}; expected a property record (a JSON "
+                        f"object, its settings an object). {_REDO}")
     return document
 
 
@@ -302,7 +426,8 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
     ``sources`` entry when two names coincide). A node id present in more than one document is kept from each
     and labelled with its source: ``"<nodeid> [<source>]"``. The summary is recomputed (``exitstatus``: the
     largest of the documents', None when none has one); ``settings`` and ``environment`` are the first
-    document's, and ``merged_from`` lists each source with its settings, environment and summary.
+    document's, and ``merged_from`` lists each source with its settings, environment and summary (recounted from
+    its tests, :func:`recount_summary`).
 
     Args:
         documents: results documents (each checked with :func:`check_document`).
@@ -331,14 +456,14 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
             if seen[str(t["nodeid"])] > 1:
                 entry["nodeid"] = f"{t['nodeid']} [{label}]"
             tests.append(entry)
-        status = (doc.get("summary") or {}).get("exitstatus")
-        if isinstance(status, int):
-            statuses.append(status)
+        summary = recount_summary(doc)["summary"]
+        if summary["exitstatus"] is not None:
+            statuses.append(summary["exitstatus"])
         merged_from.append({
             "source": label,
             "settings": doc.get("settings") or {},
             "environment": doc.get("environment") or {},
-            "summary": doc.get("summary") or {},
+            "summary": summary,
         })
     out = results_document(
         tests,

@@ -13,14 +13,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .options import CEMSettings, engine_keywords
-from .session import PATCH_CACHE_KEY, records_for, settings_for, summary_image_px
+from .session import BASELINE_OWNERS_KEY, PATCH_CACHE_KEY, records_for, settings_for, summary_image_px
 
 
 def _patch_bank(config: pytest.Config, source: Any):
@@ -138,7 +140,22 @@ def cem_load_model(cem_settings: CEMSettings):
 
 
 def _safe_name(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits, ``_``, ``.`` and ``-`` replaced by ``_``."""
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "_"
+
+
+def baseline_name(text: str) -> str:
+    """A file name for ``text`` (a test name or a baseline's ``name=``), one per text: ``text`` itself when it is
+    made of letters, digits, ``_``, ``.`` and ``-`` only; else the sanitised text (:func:`_safe_name`) plus ``-``
+    and the first 8 hex digits of the SHA-256 of ``text`` (``"test_x[model A]"`` -> ``"test_x_model_A-<hash>"``),
+    so ids that sanitise alike, such as ``"model A"`` and ``"model/A"``, get different files."""
+    if re.fullmatch(r"[\w.-]+", text):
+        return text
+    return f"{_safe_name(text)}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _owner(nodeid: str, name: str | None) -> str:
+    return f"{nodeid!r}" + (f" (name={name!r})" if name else "")
 
 
 @pytest.fixture
@@ -146,17 +163,25 @@ def cem_baseline(request: pytest.FixtureRequest, cem_settings: CEMSettings):
     """``cem_baseline(result, name=None, **kwargs)``: assert that ``result`` matches its regression baseline.
 
     The baseline lives at ``<baseline_dir>/<test file path without .py>/<test name>[-<name>]`` (``.npz`` +
-    ``.json``, see :mod:`cem_checks.baseline`); ``kwargs`` go to :func:`cem_checks.compare_to_baseline`
-    (``atol_db``, ``use_ci``, ``compare_support``). A missing baseline is created and the test fails saying so;
-    ``--cem-regen`` rewrites baselines that differ, ``--cem-regen-all`` every baseline. Returns the outcome.
+    ``.json``, see :mod:`cem_checks.baseline`; names made file-safe by :func:`baseline_name`); ``kwargs`` go to
+    :func:`cem_checks.compare_to_baseline` (``atol_db``, ``use_ci``, ``compare_support``). A missing baseline is
+    created and the test fails saying so; ``--cem-regen`` rewrites baselines that differ, ``--cem-regen-all``
+    every baseline. Returns the outcome.
+
+    Raises :class:`cem_checks.errors.BaselineError` when another test of the session (of this process, under
+    pytest-xdist) already used the same file (compared case-insensitively: the files must stay apart on
+    case-insensitive file systems too), and when this baseline is missing but the file an earlier pytest-cem
+    named it (by sanitising alone, which could give two tests one file) exists: rename that file or regenerate.
     """
     from cem_checks import assert_matches_baseline
-    from cem_checks.errors import SettingsError
+    from cem_checks.baseline import baseline_paths
+    from cem_checks.errors import BaselineError, SettingsError
 
     item = request.node
     module = Path(str(item.nodeid).split("::")[0])
     folder = Path(cem_settings.baseline_dir) / module.parent / module.stem
     used = records_for(item).baseline_names
+    owners = item.config.stash.setdefault(BASELINE_OWNERS_KEY, {})
 
     def check(result: Any, name: str | None = None, **kwargs: Any):
         __tracebackhide__ = True
@@ -170,8 +195,34 @@ def cem_baseline(request: pytest.FixtureRequest, cem_settings: CEMSettings):
                 f"cem_baseline was already called{f' with name={name!r}' if name else ' without a name'} in this test; "
                 "give each baseline of a test its own name=, e.g. cem_baseline(result, name='roi_b')."
             )
+        stem = folder / (baseline_name(item.name) + (f"-{baseline_name(name)}" if name else ""))
+        owner = _owner(item.nodeid, name)
+        first = owners.setdefault(str(stem).casefold(), (owner, stem))
+        if first[0] != owner:
+            case = "" if first[1].name == stem.name else (
+                f" ({first[1].name} and {stem.name} differ in letter case only, and case-insensitive file systems "
+                "hold them as one file)")
+            raise BaselineError(
+                f"cem_baseline: {owner} and {first[0]} resolve to the same baseline file {stem}.npz{case}; one would "
+                "compare against, and --cem-regen overwrite, the other's map. Give one of the two tests a baseline "
+                "name of its own, e.g. cem_baseline(result, name='alt')."
+            )
         used.add(key)
-        stem = _safe_name(item.name) + (f"-{_safe_name(name)}" if name else "")
-        return assert_matches_baseline(result, folder / stem, regen=cem_settings.regen_mode, **kwargs)
+        legacy = folder / (_safe_name(item.name) + (f"-{_safe_name(name)}" if name else ""))
+        if (cem_settings.regen_mode is None and legacy != stem and str(legacy).casefold() not in owners
+                and not any(p.exists() for p in baseline_paths(stem))):
+            found = [p for p in baseline_paths(legacy) if p.exists()]
+            if found:
+                new_npz, new_json = (shlex.quote(str(p)) for p in baseline_paths(stem))
+                old_npz, old_json = (shlex.quote(str(p)) for p in baseline_paths(legacy))
+                raise BaselineError(
+                    f"cem_baseline: {owner} has no baseline at {baseline_paths(stem)[0]}, but {found[0]} exists: "
+                    "the name earlier pytest-cem versions gave it by sanitising the test id alone, which can give "
+                    "two tests one file (e.g. ids 'model A' and 'model/A'). If that file is this test's baseline, "
+                    "rename it: "
+                    f"mv {old_npz} {new_npz}; mv {old_json} {new_json} (git mv under version control); else run "
+                    "pytest --cem-regen to create this test's own baseline."
+                )
+        return assert_matches_baseline(result, stem, regen=cem_settings.regen_mode, **kwargs)
 
     return check

@@ -15,7 +15,7 @@ import pytest
 
 from .fixtures import cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches, cem_settings  # noqa: F401
 from .options import OPTIONS, Sources, resolve_settings
-from .session import BASE_SETTINGS_KEY, SOURCES_KEY, CEMSession, records_for, settings_for
+from .session import BASE_SETTINGS_KEY, SOURCES_KEY, CEMSession, check_output_paths, records_for, settings_for
 
 _SESSION_PLUGIN = "cem_session"
 _ISOLATION_KEY = pytest.StashKey[ExitStack]()
@@ -38,13 +38,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "(task, roi, block_size, seed, mode, device, batch_size, patches, coarse, fine, tol_db, ...)",
     )
     sources = Sources.from_config(config)
+    controller = not hasattr(config, "workerinput")  # the controller (or the only process) gathers and writes
     try:
         settings = resolve_settings(sources)
+        if controller:
+            check_output_paths(settings)
     except ValueError as exc:  # cem_checks.errors.SettingsError
         raise pytest.UsageError(str(exc)) from None
     config.stash[SOURCES_KEY] = sources
     config.stash[BASE_SETTINGS_KEY] = settings
-    if not hasattr(config, "workerinput"):  # the controller (or the only process) gathers and writes
+    if controller:
         config.pluginmanager.register(CEMSession(config, settings), _SESSION_PLUGIN)
 
 

@@ -11,12 +11,16 @@ controller and junit-xml lists them as properties:
 :class:`CEMSession` is registered as a plugin on the controller (or the only process without xdist); it reads
 those entries from the reports, writes ``--cem-json`` and the HTML report ``--cem-report`` (from the same
 document, :mod:`cem_checks.reporting.html`) at the end and prints the terminal section "causal properties".
+Both paths are checked when the session starts (:func:`check_output_paths`, a usage error); a write that still
+fails at the end is printed in that section and fails the session (exit code 4, unless tests failed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,6 +57,8 @@ RECORDS_KEY = pytest.StashKey[ItemRecords]()
 SOURCES_KEY = pytest.StashKey[Sources]()
 BASE_SETTINGS_KEY = pytest.StashKey[CEMSettings]()
 PATCH_CACHE_KEY = pytest.StashKey[dict]()
+#: Baseline files used in this session: casefolded path of the stem -> (the test id using it, the stem).
+BASELINE_OWNERS_KEY = pytest.StashKey[dict]()
 
 
 def summary_image_px(settings: CEMSettings) -> int:
@@ -62,6 +68,55 @@ def summary_image_px(settings: CEMSettings) -> int:
     if settings.report is None and settings.json is None:
         return 0
     return int(settings.report_max_image_px)
+
+
+#: The files the session writes at its end: setting name, what it is, an example file name.
+OUTPUT_FILES = (("report", "HTML report", "cem-report.html"), ("json", "JSON results", "cem-results.json"))
+
+
+def output_path_problem(path: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at ``path`` (None when it can): ``path`` is a folder, or the nearest of its
+    folders that exists is a file or is not writable. Missing folders are no problem: they are created when the
+    file is written."""
+    p = Path(path)
+    if p.is_dir():
+        return "it is a folder"
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
+
+
+def check_output_paths(settings: CEMSettings) -> None:
+    """Raise :class:`cem_checks.errors.SettingsError` when ``--cem-report`` or ``--cem-json`` (or their ini keys)
+    name a path where the file cannot be written (see :func:`output_path_problem`), or both name one file: the
+    session would run every test and then fail to write its results."""
+    from cem_checks.errors import SettingsError
+
+    from .options import OPTIONS_BY_NAME, _where
+
+    paths = {}
+    for name, what, example in OUTPUT_FILES:
+        path = getattr(settings, name)
+        if path is None:
+            continue
+        where = _where(OPTIONS_BY_NAME[name], settings.sources.get(name, "default"))
+        problem = output_path_problem(path)
+        if problem is not None:
+            raise SettingsError(
+                f"{where}={path}: cannot write the {what} there: {problem}. Pass a file path in a writable folder, "
+                f"e.g. {OPTIONS_BY_NAME[name].cli}={example}."
+            )
+        paths[name] = (where, path)
+    if len(paths) == 2 and paths["report"][1] == paths["json"][1]:
+        raise SettingsError(
+            f"{paths['report'][0]} and {paths['json'][0]} both name {paths['report'][1]}; one would overwrite the "
+            "other. Give each its own file, e.g. --cem-report=cem-report.html --cem-json=cem-results.json."
+        )
 
 
 def records_for(item: pytest.Item) -> ItemRecords:
@@ -149,6 +204,10 @@ class CEMSession:
                 self.report_written = self.write_report(self.settings.report, int(exitstatus))
             except OSError as exc:
                 self.report_error = f"cannot write the HTML report to {self.settings.report}: {exc}"
+        # a session whose results were asked for but not written does not pass; test failures keep their status
+        if (self.json_error or self.report_error) and session.exitstatus in (
+                pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         lines = self.summary_lines(verbose=self.config.get_verbosity() > 0)
@@ -184,14 +243,16 @@ class CEMSession:
             f"{'' if len(self.tests) == 1 else 's'}: {n_props - n_failed} passed, {n_failed} failed; "
             f"{n_maps} map{'' if n_maps == 1 else 's'} computed"
         )
+        fix = ("; pass a path in a writable folder. The session fails for it: exit code 4 (usage error) unless "
+               "tests failed.")
         if self.json_written is not None:
             lines.append(f"JSON results: {self.json_written}")
         elif self.json_error is not None:
-            lines.append(f"JSON results: {self.json_error}")
+            lines.append(f"JSON results: ERROR: {self.json_error}{fix}")
         if self.report_written is not None:
             lines.append(f"HTML report: {self.report_written}")
         elif self.report_error is not None:
-            lines.append(f"HTML report: {self.report_error}")
+            lines.append(f"HTML report: ERROR: {self.report_error}{fix}")
         return lines
 
     def document(self, exitstatus: int | None = None) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 :func:`render_report` turns the document into one HTML page: summary, a sortable and filterable table of the
 properties (failures first), and per test its maps and properties (measured vs bound). Per map: the degraded model
 input and the model output with the ROI box, the effect map over the input and per block with a colour bar (base64
-PNG data URIs), the effect-vs-distance chart (inline SVG), the uncertainty summary with a stderr map, block counts
+PNG data URIs), the effect-vs-distance chart (inline SVG; per distance min/mean/max when a map has more than
+:data:`MAX_CHART_POINTS` blocks outside the ROI, so the page grows with the distances, not the blocks), the
+uncertainty summary with a stderr map, block counts
 and settings. No external resources and no script library: the page opens offline. Maps recorded by older
 versions, without images, distances or stderr, render with a note in place of what they lack.
 
@@ -31,7 +33,7 @@ from .images import boxed_image, overlay_image
 
 TEMPLATE = "report.html.j2"
 
-__all__ = ["TEMPLATE", "render_report", "report_context", "template_dir", "write_report"]
+__all__ = ["MAX_CHART_POINTS", "TEMPLATE", "render_report", "report_context", "template_dir", "write_report"]
 
 
 def template_dir() -> Path:
@@ -112,10 +114,19 @@ CHART = {"width": 380, "height": 240, "left": 56, "right": 12, "top": 12, "botto
 CHART_COLOURS = {"pos": "#e00000", "neg": "#0030e0", "zero": "#9a9a9a"}
 
 
-def profile_chart(effect: Any, roi_mask: Any, distance: Any) -> dict | None:
-    """The geometry of the effect-vs-distance chart of a map (numbers only; the template draws the SVG): one point
-    per block outside the ROI with a finite effect (x: Chebyshev distance to the ROI in input px, y: effect dB),
-    in order of distance, and the line of the mean effect per distance. None when a grid is missing."""
+#: Most blocks the effect-vs-distance chart draws one point each. A map with more blocks outside the ROI is drawn
+#: per distance instead (a bar from the lowest to the highest effect, the mean line, and the lowest and highest
+#: block as points), so the chart grows with the number of distances, not of blocks.
+MAX_CHART_POINTS = 2000
+
+
+def profile_chart(effect: Any, roi_mask: Any, distance: Any, max_points: int = MAX_CHART_POINTS) -> dict | None:
+    """The geometry of the effect-vs-distance chart of a map (numbers only; the template draws the SVG). Blocks
+    outside the ROI with a finite effect are charted (x: Chebyshev distance to the ROI in input px, y: effect dB):
+    up to ``max_points`` of them one point each, in order of distance; above that, per distance a bar from the
+    lowest to the highest effect (``ranges``, with the count, min, mean and max) and the lowest and highest block
+    as points (``aggregated`` True, ``note`` says so). The line of the mean effect per distance is always drawn.
+    None when a grid is missing."""
     e = _grid(effect, None)
     if e is None:
         return None
@@ -145,12 +156,36 @@ def profile_chart(effect: Any, roi_mask: Any, distance: Any) -> dict | None:
     def Y(v: float) -> float:
         return round(g["top"] + (y_hi - v) / (y_hi - y_lo) * ph, 2)
 
+    # per distance (dist is sorted): first index, count, mean, min, max
+    dists, starts, counts = np.unique(dist, return_index=True, return_counts=True)
+    groups = [(int(v), int(s), int(k), eff[s:s + k]) for v, s, k in zip(dists, starts, counts)]
+    means = [(v, float(seg.mean())) for v, _, _, seg in groups]
+    n_blocks = int(eff.size)
+    aggregated = n_blocks > max_points
+    if aggregated:
+        shown = sorted({i for _, s, _, seg in groups for i in (s + int(np.argmin(seg)), s + int(np.argmax(seg)))})
+    else:
+        shown = range(n_blocks)
     points = [
-        {"cx": X(dd), "cy": Y(ee), "kind": "pos" if ee > 0 else "neg" if ee < 0 else "zero",
-         "distance": int(dd), "effect": f"{ee:+.4g}", "row": int(r), "col": int(c)}
-        for r, c, dd, ee in zip(rows.tolist(), cols.tolist(), dist.tolist(), eff.tolist())
+        {"cx": X(dist[i]), "cy": Y(eff[i]), "kind": "pos" if eff[i] > 0 else "neg" if eff[i] < 0 else "zero",
+         "distance": int(dist[i]), "effect": f"{eff[i]:+.4g}", "row": int(rows[i]), "col": int(cols[i])}
+        for i in shown
     ]
-    means = [(int(v), float(eff[dist == v].mean())) for v in np.unique(dist)]
+    ranges = [
+        {"cx": X(v), "y_top": Y(float(seg.max())), "y_bottom": Y(float(seg.min())), "distance": v, "count": k,
+         "min": f"{seg.min():+.4g}", "mean": f"{seg.mean():+.4g}", "max": f"{seg.max():+.4g}"}
+        for v, _, k, seg in groups
+    ] if aggregated else []
+    if aggregated:
+        note = (f"{n_blocks} blocks: shown as per-distance min/mean/max (more than the {max_points} drawn one by one):"
+                " a bar from the lowest to the highest effect at each distance, the line through the means, and "
+                "the lowest and highest block of each distance as points")
+        caption = (f"effect against distance, per distance: bar from min to max, points: the lowest and highest "
+                   f"block (red positive, blue negative, grey zero), line: mean; the {n_roi} ROI blocks are left out")
+    else:
+        note = None
+        caption = (f"effect against distance: one point per block outside the ROI (red positive, blue negative, grey "
+                   f"zero), line: mean per distance; the {n_roi} ROI blocks are left out")
     x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
     y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
     return {
@@ -163,7 +198,12 @@ def profile_chart(effect: Any, roi_mask: Any, distance: Any) -> dict | None:
         "zero_y": Y(0.0),
         "points": points,
         "n_points": len(points),
+        "n_blocks": n_blocks,
         "n_roi": n_roi,
+        "aggregated": aggregated,
+        "ranges": ranges,
+        "note": note,
+        "caption": caption,
         "mean_line": " ".join(f"{X(v)},{Y(m)}" for v, m in means),
         "means": [{"distance": v, "cx": X(v), "cy": Y(m), "effect": f"{m:+.4g}"} for v, m in means],
         "x_label_x": round(g["left"] + pw / 2, 2),
