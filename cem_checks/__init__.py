@@ -31,7 +31,7 @@ from .checks import (
     collect_outcomes,
 )
 from .devices import resolve_device, spread_device
-from .engine import MAX_PSNR_DB, FastOptions, compute_cem
+from .engine import MAX_PSNR_DB, FastOptions, compute_cem, compute_support
 from .errors import (
     BaselineError,
     CacheWarning,
@@ -71,7 +71,7 @@ from .metrics import (
     support_radius,
 )
 from .patches import PatchBank, bundled_images, default_patch_bank, load_patches
-from .result import CEMResult
+from .result import CEMResult, SupportResult
 from .tasks import Denoising, Deraining, SuperResolution, Task, parse_task
 
 __version__ = "0.1.0"
@@ -84,6 +84,7 @@ __all__ = [
     "CEMError",
     "CEMInputError",
     "CEMResult",
+    "SupportResult",
     "CEMWarning",
     "CacheWarning",
     "CausalPropertyError",
@@ -128,6 +129,7 @@ __all__ = [
     "collect_outcomes",
     "compare_to_baseline",
     "compute_cem",
+    "compute_support",
     "context_share",
     "counts",
     "default_patch_bank",

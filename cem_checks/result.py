@@ -333,3 +333,182 @@ class CEMResult:
             if meta.get(key) is None:
                 meta[key] = float("nan")
         return cls(**arrays, **meta)
+
+
+#: Per-block arrays of a :class:`SupportResult`, each (rows, cols).
+SUPPORT_ARRAY_FIELDS = ("support", "resolved", "roi_mask", "distance")
+SUPPORT_FORMAT = "cem-support"
+
+
+@dataclass(frozen=True, eq=False)
+class SupportResult:
+    """Which blocks of the model input can change the ROI output at all: the exact support stage of a map
+    (:func:`cem_checks.compute_support`), decided by group tests, without estimating any effect.
+
+    Per block, read-only arrays of shape (rows, cols):
+
+    - ``support`` bool: the block, replaced alone, changed the ROI output (bit-exact, against a baseline
+      computed under the same batch shape).
+    - ``resolved`` bool: a test decided the block: it was tested alone, or it belongs to a group (a ring "farther
+      than d px", or a k-d group) whose joint replacement never changed the ROI output, so its effect is exactly 0.
+      A block of a group that changed but was never tested alone is *unresolved*: it may or may not be in the
+      support (``support`` is False there).
+    - ``roi_mask`` bool and ``distance`` int64 (input px), as in :class:`CEMResult`.
+
+    Scalars: ``radius_px`` (the support radius: the distance of the farthest ring of blocks that changes the ROI
+    output; None when the search stopped at ``within``), ``within_px`` and ``beyond_within`` (with ``within=r``:
+    whether anything farther than r input px changes the ROI output; None otherwise), ``block_size`` (input px),
+    ``scale``, ``roi`` (output px), ``task``, ``seed``, ``draws`` (joint draws per group test), ``group_tests``,
+    ``forward_passes`` (images sent through the model, the validation forwards included), ``wall_s``,
+    ``device``, ``input_shape`` / ``output_shape`` ((h, w)), ``task_params``, ``patch_bank``, ``model``,
+    ``meta`` (free-form, JSON-safe), and the optional ``input_image`` / ``output_image`` (uint8, as in
+    :class:`CEMResult`).
+    """
+
+    support: np.ndarray
+    resolved: np.ndarray
+    roi_mask: np.ndarray
+    distance: np.ndarray
+    radius_px: int | None
+    block_size: int
+    scale: int
+    roi: ROI
+    task: str
+    seed: int
+    draws: int = 3
+    within_px: float | None = None
+    beyond_within: bool | None = None
+    group_tests: int = 0
+    forward_passes: int = 0
+    wall_s: float = 0.0
+    device: str = "cpu"
+    input_shape: tuple = (0, 0)
+    output_shape: tuple = (0, 0)
+    task_params: dict = field(default_factory=dict)
+    patch_bank: dict = field(default_factory=dict)
+    model: str = ""
+    meta: dict = field(default_factory=dict)
+    input_image: np.ndarray | None = None
+    output_image: np.ndarray | None = None
+
+    def __post_init__(self):
+        shape = np.shape(self.support)
+        if len(shape) != 2:
+            raise CEMInputError(f"SupportResult.support must be 2-D (rows, cols); got shape {shape}.")
+        for name in SUPPORT_ARRAY_FIELDS:
+            arr = np.asarray(getattr(self, name))
+            if arr.shape != shape:
+                raise CEMInputError(f"SupportResult.{name} has shape {arr.shape}; expected {shape}.")
+            object.__setattr__(self, name, _readonly(arr))
+        if (self.support & ~self.resolved).any():
+            raise CEMInputError("SupportResult.support marks blocks that are not resolved; a supported block was "
+                                "tested alone, so it is resolved: pass resolved |= support.")
+        object.__setattr__(self, "roi", ROI.parse(self.roi))
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "output_shape", tuple(int(v) for v in self.output_shape))
+        object.__setattr__(self, "input_image", _image(self.input_image, "input_image", self.input_shape))
+        object.__setattr__(self, "output_image", _image(self.output_image, "output_image", self.output_shape))
+
+    @property
+    def rows(self) -> int:
+        return int(self.support.shape[0])
+
+    @property
+    def cols(self) -> int:
+        return int(self.support.shape[1])
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.rows * self.block_size, self.cols * self.block_size, self.block_size)
+
+    @property
+    def complete(self) -> bool:
+        """Every block is resolved: ``support`` is the exact support."""
+        return bool(self.resolved.all())
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings: task, seed, device, draws, grid and costs."""
+        return {
+            "stage": "support",
+            "task": self.task,
+            "seed": self.seed,
+            "device": self.device,
+            "block_size": self.block_size,
+            "scale": self.scale,
+            "roi": list(self.roi.as_tuple()),
+            "draws": self.draws,
+            "within_px": self.within_px,
+            "forward_passes": self.forward_passes,
+            "wall_s": self.wall_s,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field (arrays as nested lists) except the images; ``has_images`` says
+        whether the result carries them."""
+        rec: dict[str, Any] = {"format": SUPPORT_FORMAT, "format_version": FORMAT_VERSION}
+        for f in fields(self):
+            if f.name in IMAGE_FIELDS:
+                continue
+            v = getattr(self, f.name)
+            rec[f.name] = list(v.as_tuple()) if isinstance(v, ROI) else _json_safe(v)
+        rec["has_images"] = self.input_image is not None and self.output_image is not None
+        return rec
+
+    def to_frame(self):
+        """A tidy pandas DataFrame, one row per block (row-major), with units in the column names."""
+        import pandas as pd
+
+        rows, cols = np.divmod(np.arange(self.rows * self.cols), self.cols)
+        b = self.block_size
+        return pd.DataFrame(
+            {
+                "row": rows.astype(np.int64),
+                "col": cols.astype(np.int64),
+                "top_px": (rows * b).astype(np.int64),
+                "left_px": (cols * b).astype(np.int64),
+                "distance_px": self.distance.ravel().astype(np.int64),
+                "in_roi": self.roi_mask.ravel().astype(bool),
+                "support": self.support.ravel().astype(bool),
+                "resolved": self.resolved.ravel().astype(bool),
+            }
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to ``path`` (``.npz``: the arrays, the images when present, and a JSON ``meta`` entry;
+        no pickle)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SUPPORT_ARRAY_FIELDS + IMAGE_FIELDS}
+        meta.update({"roi": list(self.roi.as_tuple()), "format": SUPPORT_FORMAT, "format_version": FORMAT_VERSION})
+        arrays = {name: getattr(self, name) for name in SUPPORT_ARRAY_FIELDS}
+        arrays.update({name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None})
+        return atomic_write(
+            path, lambda fh: np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SupportResult":
+        """Read a result written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise CEMInputError(f"no support result file at {str(path)!r}; pass the path written by SupportResult.save().")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["__meta__"]))
+                arrays = {name: data[name] for name in SUPPORT_ARRAY_FIELDS}
+                arrays.update({name: data[name] for name in IMAGE_FIELDS if name in data.files})
+        except (KeyError, ValueError, OSError) as exc:
+            raise CEMInputError(f"{str(path)!r} is not a support result file written by SupportResult.save(): {exc}.") from exc
+        if meta.pop("format", None) != SUPPORT_FORMAT:
+            raise CEMInputError(f"{str(path)!r} is not a support result (a CEMResult file? load it with CEMResult.load).")
+        version = meta.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise CEMInputError(
+                f"{str(path)!r} has result format version {version!r}; this cem_checks reads version {FORMAT_VERSION}. "
+                "Recompute the support with this version."
+            )
+        meta["roi"] = ROI(*meta["roi"])
+        if meta.get("wall_s") is None:
+            meta["wall_s"] = float("nan")
+        return cls(**arrays, **meta)

@@ -102,7 +102,10 @@ def test_the_cache_key_separates_jobs(tmp_path):
     with __import__("torch").no_grad():
         next(other.parameters()).add_(0.01)
     c = cc.compute_cem(other, _image(), cache_dir=tmp_path, **JOB)
-    assert len(list(tmp_path.iterdir())) == 3
+    import json
+
+    stages = sorted(json.loads((d / "key.json").read_text())["stage"] for d in tmp_path.iterdir())
+    assert stages == ["map"] * 3 + ["support"] * 3  # each job: its group tests, and its map's draws
     assert b.meta["cache"]["hits"] == 0 and c.meta["cache"]["hits"] == 0
     assert not np.array_equal(a.samples_db, b.samples_db)
 

@@ -1,0 +1,244 @@
+"""Draw synthesis and the chunk runner: :class:`Engine` (the state of one job) and :class:`Frame` (a window of
+the model input with its ROI outcome).
+
+Interventions are synthesised on the device: the patch bank lives on the device, patches are gathered by
+index, degraded by the task and scattered into fresh copies of the input; no per-image Python loop. The model
+never sees a tensor the engine reuses (some real models modify their input in place).
+
+Randomness: patch indices are drawn per phase from a generator derived from (seed, phase) (with common random
+numbers: from (seed, draw index)); the tasks' noise from a generator derived from (seed, phase, chunk index)
+for each chunk of draws. So a map does not depend on ``batch_size`` and a resumed run replays the same draws.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..cache import ChunkCache, digest
+from ..errors import CEMInputError
+from ..grid import BlockGrid
+from .options import CHUNK, MAX_PSNR_DB, Phase, derive_seed
+from .runner import ModelRunner, is_oom
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .local import LocalDraws
+
+#: Phases of the support stage: their draws and verdicts are cached under the support key, which leaves out
+#: the settings of the estimation (mode, coarse, fine, tol_db), so a map reuses the group tests of a support run.
+SUPPORT_KINDS = ("ring", "kd", "kd-block")
+
+
+class Frame:
+    """A block-aligned window of the model input (the full input, or a crop) and its ROI outcome.
+
+    ``y0, x0, h, w`` are in input px. ROI outputs are compared bit-exactly with a baseline computed with the
+    same batch size; PSNR drops are measured against that baseline.
+    """
+
+    def __init__(self, eng: "Engine", y0: int, x0: int, h: int, w: int):
+        self.eng = eng
+        self.y0, self.x0, self.h, self.w = y0, x0, h, w
+        s, roi = eng.scale, eng.roi
+        self.x = eng.degraded[:, :, y0 : y0 + h, x0 : x0 + w].contiguous()
+        ry, rx = roi.y - y0 * s, roi.x - x0 * s
+        self.sl = (slice(None), slice(None), slice(ry, ry + roi.size), slice(rx, rx + roi.size))
+        gt = eng.clean[:, :, roi.y : roi.y + roi.size, roi.x : roi.x + roi.size].to(eng.stat_device)
+        self.gt = torch.round(gt.double().clamp(0, 1) * 255.0)
+        self._baselines: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.y0, self.x0, self.h, self.w)
+
+    def psnr(self, roi_out: torch.Tensor) -> torch.Tensor:
+        """(B,) PSNR in dB of (B, 3, S, S) ROI outputs; both sides clamped to [0, 1] and rounded to 8 bits."""
+        q = torch.round(roi_out.to(self.gt.device).double().clamp(0.0, 1.0) * 255.0)
+        mse = ((q - self.gt) ** 2).mean(dim=(1, 2, 3)) / (255.0**2)
+        return -10.0 * torch.log10(mse.clamp_min(10.0 ** (-MAX_PSNR_DB / 10.0)))
+
+    def baseline(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ROI output and PSNR of a batch of ``n`` copies of the frame (computed once per batch size)."""
+        if n not in self._baselines:
+            out = self.eng.forward(self.x.expand(n, -1, -1, -1).clone(), f" (baseline batch of {n})")
+            r = out[self.sl].clone()
+            self._baselines[n] = (r, self.psnr(r))
+        return self._baselines[n]
+
+
+class Engine:
+    """The state of one job (model, clean image, degraded input, task, ROI, grid, patch bank, caches) and the
+    machinery every stage shares: synthesising interventions and running them in cached chunks."""
+
+    def __init__(self, *, runner: ModelRunner, clean, degraded, task, roi, block_size, bank, device, seed, bar,
+                 cache: ChunkCache, support_cache: ChunkCache):
+        self.task, self.roi, self.b, self.scale = task, roi, block_size, task.scale
+        self.clean, self.degraded = clean, degraded
+        self.device = device
+        # float64 statistics (PSNR, drops) stay on the device, except on MPS, which has no float64
+        self.stat_device = torch.device("cpu") if device.type == "mps" else device
+        self.seed = seed
+        self.cache = cache
+        self.support_cache = support_cache
+        _, _, h, w = degraded.shape
+        self.grid = BlockGrid(h, w, block_size)
+        self.distance = self.grid.distance(roi.footprint(self.scale))
+        tops, lefts = self.grid.tops_lefts()
+        self.tops = torch.as_tensor(tops, device=device)
+        self.lefts = torch.as_tensor(lefts, device=device)
+        self.n_bank = len(bank)
+        self.bank_blocks = task.patch_to_block(bank.as_float(device), block_size).contiguous()
+        if tuple(self.bank_blocks.shape) != (len(bank), 3, block_size, block_size):
+            raise CEMInputError(
+                f"task {task.name!r} turned the patch bank into shape {tuple(self.bank_blocks.shape)}; expected "
+                f"{(len(bank), 3, block_size, block_size)} (patches at the block size)."
+            )
+        self.runner = runner
+        self.batch_size = 1
+        self.oom_backoffs = 0
+        self.bar = bar
+        self.full = Frame(self, 0, 0, h, w)
+        self._ar = torch.arange(block_size, device=device)
+        self._chans = torch.arange(3, device=device)[None, :, None, None]
+
+    def forward(self, x: torch.Tensor, what: str = "") -> torch.Tensor:
+        return self.runner(x, what)
+
+    def cache_for(self, phase: Phase) -> ChunkCache:
+        return self.support_cache if phase.kind in SUPPORT_KINDS else self.cache
+
+    # ------------------------------------------------------------------------------------- draws
+    def patch_ids(self, stream: Phase | str, shape: tuple[int, ...]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, stream, "patches"))
+        return torch.randint(self.n_bank, shape, generator=g)
+
+    def run(self, frame: Frame, phase: Phase, item_of_pair: np.ndarray, block_of_pair: np.ndarray,
+            patch_of_pair: torch.Tensor, n_items: int, local: "LocalDraws | None" = None) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``n_items`` interventions in ``frame``; intervention i replaces the blocks of its pairs.
+
+        Pairs (item, block, patch) are sorted by item. Returns per-item PSNR drops (float64, dB, relative to
+        the same-shape baseline) and whether the ROI output changed at all. With ``local`` (single-block
+        interventions only) the drops come from local evaluation (relative to its own baseline) and
+        ``changed`` is all False: callers must not derive ``support`` from it.
+        """
+        cache = self.cache_for(phase)
+        drops = np.empty(n_items, dtype=np.float64)
+        changed = np.empty(n_items, dtype=bool)
+        starts = np.searchsorted(item_of_pair, list(range(0, n_items, CHUNK)) + [n_items])
+        self.bar.total = (self.bar.total or 0) + n_items
+        self.bar.refresh()
+        for ci, i0 in enumerate(range(0, n_items, CHUNK)):
+            i1 = min(i0 + CHUNK, n_items)
+            p0, p1 = starts[ci], starts[ci + 1]
+            pairs = (item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1])
+            what = digest(*pairs, frame.box) if cache.enabled else ""
+            cached = None
+            # A locally evaluated chunk is cached under its own name, so a chunk computed either way is found
+            # again by a rerun (which takes the same path: the local-evaluation verdict is cached too).
+            use_local = local is not None and local.active
+            if use_local:
+                what_local = digest(*pairs, frame.box, "local") if cache.enabled else ""
+                cached = cache.get(f"{phase}-local", ci, i1 - i0, what_local)
+                if cached is None and cache.has(str(phase), ci):
+                    cached = cache.get(str(phase), ci, i1 - i0, what)
+                if cached is None:
+                    cached = local.run_chunk(frame, phase, ci, *pairs, i1 - i0)
+                    if cached is not None:
+                        cache.put(f"{phase}-local", ci, *cached, what=what_local)
+            else:
+                cached = cache.get(str(phase), ci, i1 - i0, what)
+            if cached is None:
+                cached = self._run_chunk(frame, phase, ci, *pairs, i1 - i0)
+                cache.put(str(phase), ci, *cached, what=what)
+            drops[i0:i1], changed[i0:i1] = cached
+            self.bar.update(i1 - i0)
+        return drops, changed
+
+    def chunk_content(self, phase: Phase, ci: int, blocks: np.ndarray, patches: torch.Tensor):
+        """The intervened content (n_pairs, 3, b, b) of chunk ``ci`` of ``phase`` and the blocks' tops/lefts."""
+        dev, b = self.device, self.b
+        g = torch.Generator(device=dev).manual_seed(derive_seed(self.seed, phase, ci, "noise"))
+        blk = torch.as_tensor(blocks, device=dev)
+        top, left = self.tops[blk], self.lefts[blk]
+        content = self.task.intervene(self.bank_blocks[patches.to(dev)], top=top, left=left, clean=self.clean,
+                                      degraded=self.degraded, generator=g)
+        if tuple(content.shape) != (len(blocks), 3, b, b):
+            raise CEMInputError(
+                f"task {self.task.name!r}.intervene returned shape {tuple(content.shape)}; expected {(len(blocks), 3, b, b)}."
+            )
+        return content, top, left
+
+    def intervened(self, frame: Frame, n: int, items: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                   content: torch.Tensor) -> torch.Tensor:
+        """``n`` copies of the frame's input where pair i writes ``content[i]`` at the block (``top[i]``,
+        ``left[i]``) (input px) of copy ``items[i]``."""
+        rows = (top - frame.y0)[:, None] + self._ar
+        cols = (left - frame.x0)[:, None] + self._ar
+        x = frame.x.expand(n, -1, -1, -1).clone()
+        x[items[:, None, None, None], self._chans, rows[:, None, :, None], cols[:, None, None, :]] = content
+        return x
+
+    def _run_chunk(self, frame: Frame, phase: Phase, ci: int, items, blocks, patches, n: int):
+        dev = self.device
+        content, top, left = self.chunk_content(phase, ci, blocks, patches)
+        items_t = torch.as_tensor(items, device=dev)
+        drops = torch.empty(n, dtype=torch.float64, device=self.stat_device)
+        changed = torch.empty(n, dtype=torch.bool, device=dev)
+        pair_starts = np.searchsorted(items, np.arange(n + 1))
+        s0 = 0
+        while s0 < n:
+            B = min(self.batch_size, n - s0)
+            p0, p1 = pair_starts[s0], pair_starts[s0 + B]
+            x = self.intervened(frame, B, items_t[p0:p1] - s0, top[p0:p1], left[p0:p1], content[p0:p1])
+            try:
+                out = self.forward(x, f" ({phase}, draws {s0}..{s0 + B - 1} of chunk {ci})")
+                base_r, base_p = frame.baseline(B)
+            except Exception as exc:
+                if not is_oom(exc) or B == 1:
+                    raise
+                self.batch_size = max(1, B // 2)
+                self.oom_backoffs += 1
+                del x
+                torch.cuda.empty_cache()
+                continue
+            r = out[frame.sl]
+            changed[s0 : s0 + B] = (r != base_r).flatten(1).any(1)
+            drops[s0 : s0 + B] = base_p - frame.psnr(r)
+            s0 += B
+        return drops.cpu().numpy(), changed.cpu().numpy()
+
+    def single_block_draws(self, frame: Frame, phase: Phase, block_ids: np.ndarray, n_draws: int, crn: bool,
+                           first_draw: int = 0, local: "LocalDraws | None" = None):
+        """``n_draws`` single-block interventions per block (block-major). Returns (n_blocks, n_draws) arrays.
+
+        With ``crn`` the j-th draw of every block uses the same patch (draw index ``first_draw + j``). With
+        ``local``, the draws are evaluated locally (see :meth:`run`: ``changed`` is then all False)."""
+        nb = len(block_ids)
+        if nb == 0:
+            return np.zeros((0, n_draws)), np.zeros((0, n_draws), bool)
+        if crn:
+            ids = torch.cat([self.patch_ids(phase.crn_stream(j), (1,)) for j in range(first_draw, first_draw + n_draws)])
+            patches = ids.repeat(nb)
+        else:
+            patches = self.patch_ids(phase, (nb * n_draws,))
+        items = np.arange(nb * n_draws)
+        drops, changed = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws, local=local)
+        return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws)
+
+    def group_changed(self, phase: Phase, group: np.ndarray, draws: int) -> bool:
+        """Whether a joint intervention on every block of ``group`` changed the ROI output in any of ``draws``."""
+        k = len(group)
+        items = np.repeat(np.arange(draws), k)
+        blocks = np.tile(group, draws)
+        patches = self.patch_ids(phase, (draws * k,))
+        _, changed = self.run(self.full, phase, items, blocks, patches, draws)
+        return bool(changed.any())
+
+
+def progress_bar(enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, desc="CEM", unit="img", disable=not enabled, leave=False, file=sys.stderr)

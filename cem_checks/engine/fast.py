@@ -1,0 +1,88 @@
+"""Fast mode (``mode="fast"``, the default): the same estimand as the paper for far less compute, as a pipeline
+of stages, each of which can be switched off through :class:`~cem_checks.engine.FastOptions`:
+
+1. *Support* (:mod:`.support`): the ring binary search and a k-d split rule out every block that cannot change
+   the ROI output (effect exactly 0, no per-block pass). The k-d stage may spend ``group_budget`` of the coarse
+   budget (at least its first split, three tests) plus the coarse draws it has already saved, so it goes on
+   where the support is sparse and stops early where it is dense.
+2. *Crop* (:mod:`.crop`): the model runs on the bounding box of the remaining blocks, once verified.
+3. *Coarse*: ``coarse`` draws per remaining block (the paper's flagging rule: some draw moved the ROI PSNR by
+   >= ``tol_db``), with common random numbers.
+4. *Fine* (:mod:`.sequential`, :mod:`.local`): flagged blocks get fresh draws in rounds up to ``fine``, each
+   stopping when its interval is decided; the draws are evaluated locally when the model allows it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .crop import verified_crop
+from .draws import Engine, Frame
+from .estimates import Estimates
+from .local import local_setup
+from .options import COARSE, FastOptions, Phase
+from .sequential import sequential_sampling
+from .support import SupportSearch
+
+
+def support_candidates(eng: Engine, search: SupportSearch | None, coarse: int, opts: FastOptions) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stage 1: the blocks not ruled out (bool, n_blocks) and a summary of the group tests."""
+    nb = eng.grid.n_blocks
+    if search is None:
+        return np.ones(nb, dtype=bool), {}
+    radius = search.radius()
+    candidates = search.dist <= radius
+    budget = max(opts.group_budget * coarse * int(candidates.sum()), 3 * opts.group_draws)  # >= the first split
+    ruled_out, kd = search.refine(radius, budget=budget, reward=coarse)
+    candidates &= ~ruled_out
+    return candidates, {"support_radius_px": radius, "group_tests": search.ring_tests + kd["tests"],
+                        "ruled_out_by_kd": kd["ruled_out"]}
+
+
+def crop_frame(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tuple[Frame, dict[str, Any]]:
+    """Stage 2: the frame the draws run in (a verified crop, or the full input)."""
+    if opts.crop and not candidates.all():
+        return verified_crop(eng, candidates, opts)
+    return eng.full, {"crop": None, "crop_check": "off" if not opts.crop else "not needed"}
+
+
+def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine: int, tol: float,
+                   opts: FastOptions) -> Estimates:
+    nb = eng.grid.n_blocks
+    candidates, info = support_candidates(eng, search, coarse, opts)
+    frame, crop_info = crop_frame(eng, candidates, opts)
+    info.update(crop_info)
+
+    # Stage 3: coarse draws of the candidates.
+    cand = np.flatnonzero(candidates)
+    samples = np.full((nb, max(coarse, fine)), np.nan)
+    counts = np.zeros(nb, dtype=np.int64)
+    support = np.zeros(nb, dtype=bool)
+    flagged = np.zeros(nb, dtype=bool)
+    c_drops, c_changed = eng.single_block_draws(frame, COARSE, cand, coarse, crn=opts.common_random_numbers)
+    samples[cand, :coarse] = c_drops
+    counts[cand] = coarse
+    support[cand] = c_changed.any(1)
+    flagged[cand] = (np.abs(c_drops) >= tol).any(1)
+
+    # Stage 4: fine draws of the flagged blocks, sequentially. Flagged blocks are in the support already (a drop
+    # >= tol_db > 0 needs a changed ROI output), so the fine draws only estimate effects and may be local.
+    fl = np.flatnonzero(flagged)
+    samples[fl] = np.nan
+    counts[fl] = 0
+    looks = [n for n in opts.looks if n < fine] + [fine] if opts.adaptive else [fine]
+    local, info["local_eval"] = local_setup(eng, frame, fl, opts, tol)
+
+    def draw(active: np.ndarray, start: int, stop: int, look: int) -> np.ndarray:
+        d, ch = eng.single_block_draws(frame, Phase("fine", look), fl[active], stop - start,
+                                       crn=opts.common_random_numbers, first_draw=start, local=local)
+        support[fl[active]] |= ch.any(1)
+        return d
+
+    fine_samples, fine_counts, stopped, level = sequential_sampling(draw, fl.size, looks, tol, opts.alpha, opts.rel_precision)
+    samples[fl, :fine] = fine_samples
+    counts[fl] = fine_counts
+    info.update({"candidates": int(candidates.sum()), "stopped": stopped, "sampling_level": level})
+    return Estimates(samples=samples, counts=counts, support=support, flagged=flagged, info=info)

@@ -1,0 +1,422 @@
+"""A job: one model, image, task and ROI prepared once, whose stages run on demand and share their work.
+
+:func:`compute_cem` and :func:`compute_support` are short pipelines over a :class:`Job`. The pytest plugin
+keeps a job per map, so that a receptive-field assertion runs only the support stage and a later effect
+property runs the map on top of it, repeating no group test.
+
+Stages: *start* (once: validate the model on the degraded input, check determinism, the output range,
+reduced precision and batch independence, pick the batch size), *support* (:mod:`.support`) and *map*
+(:mod:`.paper` or :mod:`.fast`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..cache import ChunkCache
+from ..devices import resolve_device
+from ..errors import CEMInputError, ImageError, NondeterministicModelWarning, PrecisionWarning, ROIError
+from ..grid import ROI
+from ..images import load_image
+from ..patches import load_patches
+from ..result import CEMResult, SupportResult
+from ..tasks import describe_task, parse_task
+from .cachekey import job_material, map_material, support_material
+from .draws import Engine, progress_bar
+from .estimates import Estimates
+from .fast import fast_estimates
+from .options import CHUNK, FastOptions, check_common, check_int, check_map_settings
+from .paper import paper_estimates
+from .runner import ModelRunner, auto_batch_size, check_batch_independence, check_output_range, model_name
+from .support import SupportSearch
+
+
+def _to_uint8(t: torch.Tensor) -> np.ndarray:
+    return torch.round(t.detach().cpu().double().clamp(0, 1) * 255.0).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class Job:
+    """One model, image, task and ROI prepared for the engine's stages (arguments as :func:`compute_cem`).
+
+    Construction validates every argument and prepares the input (no forward pass). :meth:`support` and
+    :meth:`map` run the stages; each runs the start stage first (once per job) and reuses every group test an
+    earlier stage of the job ran. ``forward_passes`` and ``seconds`` accumulate over the job's stages.
+    """
+
+    def __init__(self, model: Callable, image: Any, *, task: Any, roi: Any, block_size: int | None = None,
+                 patches: Any = None, mode: str = "fast", coarse: int = 3, fine: int = 50, tol_db: float = 0.01,
+                 seed: int = 0, device: Any = "auto", batch_size: int | str = "auto", progress: bool | None = None,
+                 fast: FastOptions | None = None, precision: str = "fp32", channels_last: bool = False,
+                 cache_dir: Any = None, cache_key: str | None = None):
+        t0 = time.perf_counter()
+        self.mode = mode
+        self.coarse, self.fine, self.tol_db, self.fast = check_map_settings(mode=mode, coarse=coarse, fine=fine,
+                                                                             tol_db=tol_db, fast=fast)
+        self.seed = check_common(seed=seed, batch_size=batch_size, progress=progress, precision=precision)
+        self.batch_size_arg = batch_size
+        self.precision, self.channels_last = precision, channels_last
+        self.show = sys.stderr.isatty() if progress is None else progress
+        self.model = model
+
+        dev = resolve_device(device)
+        if precision == "fp16" and dev.type != "cuda":
+            raise CEMInputError(f"precision='fp16' needs a CUDA device (got {dev}); use precision='bf16' on the CPU, or 'fp32'.")
+        self.device = dev
+        task = parse_task(task)
+        s = task.scale
+        b = check_int("block_size", block_size, 1) if block_size is not None else max(1, 8 // s)
+        roi = ROI.parse(roi)
+        self.task, self.scale, self.block_size, self.roi = task, s, b, roi
+
+        # ---------------------------------------------------------------------------- image and grid
+        loaded = load_image(image)
+        self.image_shape = list(loaded.shape[-2:])
+        clean_full = task.crop(loaded)
+        H0, W0 = clean_full.shape[-2:]
+        unit = s * b
+        H, W = (H0 // unit) * unit, (W0 // unit) * unit
+        if H == 0 or W == 0:
+            raise ImageError(
+                f"the image ({W0}x{H0} px after cropping to the x{s} scale) is smaller than one block of {b} input px "
+                f"({unit} output px); use a larger image or a smaller block_size."
+            )
+        clean = clean_full[:, :H, :W][None].to(dev)
+        try:
+            roi.validate((H, W), s)
+        except ROIError as exc:
+            if (H, W) != (H0, W0):
+                raise ROIError(f"{exc} (the image was trimmed from {W0}x{H0} to {W}x{H} so that whole {b}-px blocks tile the input.)") from None
+            raise
+        degraded = task.degrade(clean)
+        h, w = H // s, W // s
+        if tuple(degraded.shape) != (1, 3, h, w):
+            raise CEMInputError(
+                f"task {task.name!r} degraded a (1, 3, {H}, {W}) image to shape {tuple(degraded.shape)}; expected "
+                f"(1, 3, {h}, {w}) for scale {s}."
+            )
+        degraded = degraded.to(dev).contiguous()
+        self.degraded = degraded
+        self.input_shape, self.output_shape = (h, w), (H, W)
+        self.bank = load_patches(patches)
+
+        # ---------------------------------------------------------------------------- caches
+        self.cache_dir = cache_dir
+        self._map_cache: ChunkCache | None = None
+        if cache_dir is not None:
+            self._material = job_material(model=model, cache_key=cache_key, clean=clean, degraded=degraded, task=task,
+                                          roi=roi, block_size=b, seed=self.seed, bank=self.bank, precision=precision,
+                                          channels_last=channels_last, device=dev)
+            support_cache = ChunkCache(cache_dir, support_material(self._material, self.fast.group_draws))
+        else:
+            self._material = None
+            support_cache = ChunkCache(None, {})
+
+        self.runner = ModelRunner(model, dev, s, task.name, precision, channels_last)
+        self.eng = Engine(runner=self.runner, clean=clean, degraded=degraded, task=task, roi=roi, block_size=b,
+                          bank=self.bank, device=dev, seed=self.seed, bar=progress_bar(False),
+                          cache=ChunkCache(None, {}), support_cache=support_cache)
+        self._search: SupportSearch | None = None
+        self.started = False
+        self.first: torch.Tensor | None = None
+        self.base_psnr = float("nan")
+        self.precision_shift: float | None = None
+        self.stages: list[str] = []
+        self.seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------------------- helpers
+    @property
+    def map_cache(self) -> ChunkCache:
+        if self._map_cache is None:
+            if self._material is None:
+                self._map_cache = ChunkCache(None, {})
+            else:
+                self._map_cache = ChunkCache(self.cache_dir, map_material(
+                    self._material, mode=self.mode, coarse=self.coarse, fine=self.fine, tol_db=self.tol_db,
+                    fast=self.fast))
+        return self._map_cache
+
+    @property
+    def search(self) -> SupportSearch:
+        if self._search is None:
+            self._search = SupportSearch(self.eng, self.fast.group_draws)
+        return self._search
+
+    @property
+    def forward_passes(self) -> int:
+        return self.runner.images
+
+    @contextmanager
+    def _stage(self, name: str):
+        t0 = time.perf_counter()
+        self.eng.bar = progress_bar(self.show)
+        try:
+            with self.runner.prepared():
+                self._start()
+                yield
+            self.stages.append(name)
+        finally:
+            self.eng.bar.close()
+            self.seconds += time.perf_counter() - t0
+
+    def _start(self) -> None:
+        """Validate the model on the degraded input and pick the batch size (once per job)."""
+        if self.started:
+            return
+        eng, runner, degraded = self.eng, self.runner, self.degraded
+        first = eng.forward(degraded.clone(), " (validating the model on the degraded input)")
+        second = eng.forward(degraded.clone(), " (determinism check)")
+        check_output_range(first, self.model)
+        deterministic = torch.equal(first, second)
+        if not deterministic:
+            diff = float((first - second).abs().max())
+            warnings.warn(
+                f"two identical forward passes of {model_name(self.model)} differ (max |diff| = {diff:.3g}); the model "
+                "is not deterministic, so `support` will mark blocks that cannot reach the ROI as supported and the "
+                "effects carry extra noise. Disable dropout or stochastic layers, or call "
+                "torch.use_deterministic_algorithms(True).",
+                NondeterministicModelWarning,
+                stacklevel=5,
+            )
+        if self.precision != "fp32":
+            runner.precision = "fp32"
+            reference = eng.forward(degraded.clone(), " (fp32 reference for the precision check)")
+            runner.precision = self.precision
+            shift = float((eng.full.psnr(first[eng.full.sl]) - eng.full.psnr(reference[eng.full.sl])).abs()[0])
+            self.precision_shift = shift
+            if shift > self.tol_db:
+                warnings.warn(
+                    f"precision={self.precision!r} moves the baseline ROI PSNR by {shift:.4f} dB, more than "
+                    f"tol_db={self.tol_db}; effects near the threshold may be zeroed or kept differently than in fp32. "
+                    "fp32 is the reference; use reduced precision for speed where this is acceptable.",
+                    PrecisionWarning,
+                    stacklevel=5,
+                )
+        B = auto_batch_size(runner, degraded) if self.batch_size_arg == "auto" else int(self.batch_size_arg)
+        eng.batch_size = min(B, CHUNK)
+        if eng.batch_size > 1 and deterministic:
+            check_batch_independence(runner, degraded, eng.support_cache)
+        self.first = first
+        self.base_psnr = float(eng.full.psnr(first[eng.full.sl])[0])
+        self.started = True
+
+    def _common(self) -> dict[str, Any]:
+        """The fields both result types share."""
+        return dict(
+            block_size=self.block_size, scale=self.scale, roi=self.roi, task=self.task.name, seed=self.seed,
+            forward_passes=self.runner.images, wall_s=self.seconds, device=str(self.device),
+            input_shape=self.input_shape, output_shape=self.output_shape, task_params=describe_task(self.task),
+            patch_bank=self.bank.describe(), model=model_name(self.model),
+            input_image=_to_uint8(self.degraded[0]), output_image=_to_uint8(self.first[0]),
+        )
+
+    def _meta(self, cache: ChunkCache) -> dict[str, Any]:
+        runner = self.runner
+        caches = [c for c in (self.eng.support_cache, cache) if c.enabled]
+        return {
+            "model_seconds": runner.seconds,
+            "torch": torch.__version__,
+            "image_shape": self.image_shape,
+            "batch_size": self.eng.batch_size,
+            "oom_backoffs": self.eng.oom_backoffs,
+            "precision": self.precision,
+            "precision_shift_db": self.precision_shift,
+            "channels_last": self.channels_last,
+            "stages": list(self.stages),
+            "cache": {"dir": str(cache.dir if cache.enabled else self.eng.support_cache.dir),
+                      "hits": sum(c.hits for c in caches), "writes": sum(c.writes for c in caches),
+                      "check_hits": sum(c.check_hits for c in caches)} if caches else None,
+        }
+
+    # ------------------------------------------------------------------------------------- stages
+    def support(self, within: float | None = None, *, find_radius: bool | None = None,
+                max_tests: int | None = None) -> SupportResult:
+        """The support stage (see :func:`compute_support`). With ``within``, one ring test answers "does anything
+        beyond ``within`` px change the ROI output?"; ``find_radius`` then also finds the support radius (a binary
+        search, over the rings inside ``within`` when nothing lies beyond it). Without ``within``: the radius,
+        then the k-d refinement to single blocks within ``max_tests`` group tests."""
+        beyond = None
+        with self._stage("support"):
+            search = self.search
+            if within is not None:
+                beyond = search.beyond(within)
+                if find_radius:
+                    search.radius()
+            else:
+                radius = search.radius()
+                inside = int((search.dist <= radius).sum())
+                budget = inside if max_tests is None else max_tests
+                search.refine(radius, budget=budget * search.draws, singles=True, roi_blocks=True)
+        support, resolved = search.verdicts()
+        shape = (self.eng.grid.rows, self.eng.grid.cols)
+        meta = self._meta(self.eng.support_cache)
+        meta["support_search"] = {"rings": {str(k): v for k, v in sorted(search.rings.items())},
+                                  "kd_groups": len(search.groups), "alone": len(search.alone),
+                                  "tests_run": search.tests_run}
+        return SupportResult(
+            support=support.reshape(shape), resolved=resolved.reshape(shape), roi_mask=self.eng.distance == 0,
+            distance=self.eng.distance, radius_px=search.radius() if search.radius_known() else None,
+            draws=search.draws, within_px=None if within is None else float(within), beyond_within=beyond,
+            group_tests=len(search.rings) + len(search.groups) + len(search.alone), meta=meta, **self._common(),
+        )
+
+    def map(self) -> CEMResult:
+        """The map stage: the paper procedure or fast mode's stages (reusing the job's group tests)."""
+        self.eng.cache = self.map_cache
+        with self._stage("map"):
+            if self.mode == "paper":
+                est = paper_estimates(self.eng, self.coarse, self.fine, self.tol_db)
+            else:
+                search = self.search if self.fast.group_testing else None
+                est = fast_estimates(self.eng, search, self.coarse, self.fine, self.tol_db, self.fast)
+        return self._map_result(est)
+
+    def _map_result(self, est: Estimates) -> CEMResult:
+        shape = (self.eng.grid.rows, self.eng.grid.cols)
+        tol = self.tol_db
+        effect = np.where(np.abs(est.mean) >= tol, est.mean, 0.0)
+        meta = self._meta(self.map_cache)
+        if self.mode == "fast":
+            meta["fast"] = {**asdict(self.fast), **est.info}
+        runner = self.runner
+        return CEMResult(
+            effect=effect.reshape(shape),
+            raw_effect=est.mean.reshape(shape),
+            stderr=est.stderr.reshape(shape),
+            n_samples=est.counts.reshape(shape),
+            ci_low=est.ci_low.reshape(shape),
+            ci_high=est.ci_high.reshape(shape),
+            support=est.support.reshape(shape),
+            flagged=est.flagged.reshape(shape),
+            roi_mask=(self.eng.distance == 0),
+            distance=self.eng.distance,
+            samples_db=est.samples.reshape(shape + (est.samples.shape[1],)),
+            base_psnr=self.base_psnr,
+            mode=self.mode,
+            tol_db=float(tol),
+            coarse=self.coarse,
+            fine=self.fine,
+            forward_calls=runner.calls,
+            pixels_processed=runner.pixels,
+            meta=meta,
+            **self._common(),
+        )
+
+
+def compute_cem(
+    model: Callable,
+    image: Any,
+    *,
+    task: Any,
+    roi: Any,
+    block_size: int | None = None,
+    patches: Any = None,
+    mode: str = "fast",
+    coarse: int = 3,
+    fine: int = 50,
+    tol_db: float = 0.01,
+    seed: int = 0,
+    device: Any = "auto",
+    batch_size: int | str = "auto",
+    progress: bool | None = None,
+    fast: FastOptions | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    cache_dir: Any = None,
+    cache_key: str | None = None,
+) -> CEMResult:
+    """Compute the causal effect map of ``model`` for the ROI ``roi`` of the restoration of ``image``.
+
+    Args:
+        model: an ``nn.Module`` or callable mapping (B, 3, h, w) float in [0, 1] to (B, 3, h*scale, w*scale).
+            An ``nn.Module`` is put in eval mode and moved to ``device`` for the run; both are restored after.
+        image: the clean ground truth: a path, PIL image, HxWxC numpy array or CxHxW tensor (see
+            :func:`cem_checks.images.load_image` for RGBA and grayscale).
+        task: :class:`SuperResolution`, :class:`Denoising`, :class:`Deraining`, an object following the
+            :class:`Task` protocol, or a short name ``"sr4"``, ``"dn50"``, ``"dr"``.
+        roi: ``(x, y, size)`` in output pixels (or an :class:`ROI`); must be aligned to the task's scale.
+        block_size: block side in input px; default ``max(1, 8 // scale)`` (8 output px when the scale divides 8).
+        patches: the natural patch bank (see :func:`cem_checks.patches.load_patches`); default bundled.
+        mode: ``"fast"`` (default: same estimand, far less compute) or ``"paper"`` (the published procedure).
+        coarse: draws per block in the coarse pass. fine: draws per flagged block (fast: the cap).
+        tol_db: threshold in dB: flags blocks in the coarse pass and zeroes ``|effect| < tol_db``.
+        seed: seeds every random draw of the map. device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"``.
+        batch_size: images per forward, or ``"auto"`` (8 on CPU; on CUDA sized from free memory).
+        progress: show a progress bar; default: when stderr is a terminal.
+        fast: :class:`FastOptions` for ``mode="fast"`` (each mechanism can be switched off).
+        precision: ``"fp32"`` (reference), ``"bf16"`` or ``"fp16"`` (autocast; fp16 on CUDA only).
+        channels_last: run the model in channels-last memory format (often faster on GPUs).
+        cache_dir: folder for resumable partial results (see :mod:`cem_checks.cache`).
+        cache_key: identifies the model in the cache key when it is a plain callable (an ``nn.Module`` is
+            identified by the hash of its weights).
+
+    Returns:
+        a :class:`CEMResult`.
+    """
+    return Job(model, image, task=task, roi=roi, block_size=block_size, patches=patches, mode=mode, coarse=coarse,
+               fine=fine, tol_db=tol_db, seed=seed, device=device, batch_size=batch_size, progress=progress, fast=fast,
+               precision=precision, channels_last=channels_last, cache_dir=cache_dir, cache_key=cache_key).map()
+
+
+def check_within(within: Any) -> float | None:
+    if within is None:
+        return None
+    if isinstance(within, bool) or not isinstance(within, (int, float, np.integer, np.floating)) or \
+            not (math.isfinite(float(within)) and float(within) >= 0):
+        raise CEMInputError(
+            f"within={within!r} must be a distance >= 0 in input px (e.g. within=20 asks whether anything farther "
+            "than 20 px from the ROI changes its output), or None for the whole support."
+        )
+    return float(within)
+
+
+def compute_support(
+    model: Callable,
+    image: Any,
+    *,
+    task: Any,
+    roi: Any,
+    block_size: int | None = None,
+    patches: Any = None,
+    draws: int = 3,
+    seed: int = 0,
+    device: Any = "auto",
+    batch_size: int | str = "auto",
+    within: float | None = None,
+    max_tests: int | None = None,
+    cache_dir: Any = None,
+    cache_key: str | None = None,
+    progress: bool | None = None,
+) -> SupportResult:
+    """The exact support of the ROI output: which input blocks can change it at all, by group testing (see
+    :mod:`cem_checks.engine.support`), without estimating effects.
+
+    Without ``within``: a binary search over the rings "farther than d px" finds the support radius, then a
+    k-d split of the blocks within it, recursing into the groups that changed, decides blocks one by one
+    (testing single blocks alone, the ROI's own blocks last) within ``max_tests`` group tests (default: the
+    number of blocks within the radius, i.e. at most one test per block). Blocks of groups that changed but
+    were never tested alone stay unresolved (``SupportResult.resolved``).
+
+    With ``within=r`` (input px): one ring test of ``draws`` joint draws answers only "does anything farther
+    than r px change the ROI output?" (``beyond_within``), and the search stops.
+
+    Every group test replaces its blocks ``draws`` times at once with random natural patches and compares the
+    ROI output bit for bit with a baseline of the same batch shape. The other arguments are those of
+    :func:`compute_cem` and give the same errors. Returns a :class:`SupportResult`.
+    """
+    within = check_within(within)
+    if max_tests is not None:
+        max_tests = check_int("max_tests", max_tests, 0)
+    draws = check_int("draws", draws, 1)
+    job = Job(model, image, task=task, roi=roi, block_size=block_size, patches=patches, seed=seed, device=device,
+              batch_size=batch_size, progress=progress, fast=FastOptions(group_draws=draws), cache_dir=cache_dir,
+              cache_key=cache_key)
+    return job.support(within, max_tests=max_tests)

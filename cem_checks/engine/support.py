@@ -1,0 +1,168 @@
+"""The support stage: which blocks can change the ROI output at all, decided exactly by group testing.
+
+A *group test* intervenes on every block of a group at once, ``draws`` times with independent natural patches,
+and compares the ROI output bit for bit with the baseline computed under the same batch shape. If it never
+changed, no block of the group can change the ROI output: each is outside the support, with effect exactly 0.
+
+- *Rings.* The group "every block farther than d px from the ROI" (:meth:`SupportSearch.beyond`) answers
+  "does anything beyond d px change the ROI output?" in one test. A binary search over d
+  (:meth:`SupportSearch.radius`) finds the support radius: the farthest ring that changes it.
+- *k-d refinement* (:meth:`SupportSearch.refine`). The blocks within the radius are split in halves along the
+  longer side of their bounding box, recursing into halves that changed, down to single blocks (tested alone
+  when asked), within a budget of draws.
+
+*Assumption:* a block that can change the ROI output does so under a random joint replacement of its group (no
+exact cancellation between blocks, and no dependence confined to a set of contents that random natural patches
+miss), which holds for generic weights; ``draws`` independent joint draws guard each verdict.
+
+Every test is remembered by the search, so the stages of one job (a receptive-field check, then a full map)
+never repeat one, and the k-d split numbers its groups in a fixed order, so any budget runs a prefix of the
+same tests (cached and reused across runs under the same names).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .draws import Engine
+from .options import Phase
+
+
+class SupportSearch:
+    """Group tests over the full input of one job, remembered across stages (see the module docstring)."""
+
+    def __init__(self, eng: Engine, draws: int):
+        self.eng, self.draws = eng, draws
+        self.dist = eng.distance.ravel()
+        self.levels = np.unique(self.dist)
+        self.rings: dict[int, bool] = {}  # ring level d -> did "farther than d px" change the ROI output
+        self.groups: dict[int, bool] = {}  # k-d node -> changed
+        self.alone: dict[int, bool] = {}  # block tested alone -> changed
+        self.kd_ruled_out = np.zeros(self.dist.size, dtype=bool)  # blocks in a k-d group (or alone) that never changed
+        self.tests_run = 0  # group tests run (not reused) by this search
+
+    # ------------------------------------------------------------------------------------ rings
+    def _level_index(self, d: float) -> int:
+        """Index of the largest ring level <= ``d`` (the ring "farther than d" equals "farther than that level")."""
+        return max(0, int(np.searchsorted(self.levels, d, side="right")) - 1)
+
+    def beyond(self, d: float) -> bool:
+        """Does anything farther than ``d`` input px from the ROI change its output? One group test (none when
+        nothing lies that far, or when a stage of this job already asked)."""
+        k = self._level_index(d)
+        if k == len(self.levels) - 1:
+            return False  # nothing beyond the farthest ring
+        level = int(self.levels[k])
+        if level not in self.rings:
+            group = np.flatnonzero(self.dist > level)
+            self.rings[level] = self.eng.group_changed(Phase("ring", level), group, self.draws)
+            self.tests_run += 1
+        return self.rings[level]
+
+    def _bounds(self) -> tuple[int, int]:
+        """Indices (lo, hi) of the ring levels between which the radius lies, from the rings asked so far."""
+        lo, hi = 0, len(self.levels) - 1  # nothing lies beyond the farthest ring
+        for level, changed in self.rings.items():
+            k = self._level_index(level)
+            if changed:
+                lo = max(lo, k + 1)
+            else:
+                hi = min(hi, k)
+        return lo, max(lo, hi)  # a contradiction (a farther ring changed, a nearer one did not) keeps the farther
+
+    def radius(self) -> int:
+        """The support radius (input px): the distance of the farthest ring that changes the ROI output, by a
+        binary search over the ring levels (starting from what earlier stages established)."""
+        lo, hi = self._bounds()
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.beyond(int(self.levels[mid])):
+                lo = mid + 1
+            else:
+                hi = mid
+        return int(self.levels[lo])
+
+    def radius_known(self) -> bool:
+        lo, hi = self._bounds()
+        return lo == hi
+
+    @property
+    def ring_tests(self) -> int:
+        return len(self.rings)
+
+    # ------------------------------------------------------------------------------------ k-d split
+    def _halves(self, group: np.ndarray) -> list[np.ndarray]:
+        cols, rows = self.eng.grid.cols, self.eng.grid.rows
+        r, c = np.divmod(group, cols)
+        if np.ptp(r) >= np.ptp(c):
+            order = np.argsort(r * cols + c, kind="stable")
+        else:
+            order = np.argsort(c * rows + r, kind="stable")
+        half = group.size // 2
+        return [group[order[:half]], group[order[half:]]]
+
+    def _test_alone(self, block: int) -> bool:
+        if block not in self.alone:
+            self.alone[block] = self.eng.group_changed(Phase("kd-block", block), np.array([block]), self.draws)
+            self.tests_run += 1
+        return self.alone[block]
+
+    def refine(self, radius: int, budget: float, reward: float = 0.0, singles: bool = False,
+               roi_blocks: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """k-d refinement of the blocks within ``radius`` (outside the ROI). Groups are taken breadth-first; each
+        test costs ``draws``; testing goes on while the draws spent stay within ``budget`` plus ``reward`` per
+        block ruled out so far. With ``singles``, single blocks are tested alone (else they are left to the
+        caller), and with ``roi_blocks`` the ROI's own blocks are tested alone after the split.
+
+        A test asked before (by this job) is reused, but counts against the budget like a new one, so the
+        outcome does not depend on what ran before. Returns the blocks this refinement ruled out (bool,
+        n_blocks) and a summary: tests asked, blocks ruled out."""
+        root = np.flatnonzero((self.dist <= radius) & (self.dist > 0))
+        # With a radius above 0 the root holds the ring just below it, already seen to change: split it untested.
+        queue = self._halves(root) if radius > 0 and root.size > 1 else [root]
+        if roi_blocks:
+            tail = [np.array([b]) for b in np.flatnonzero(self.dist == 0)]
+        else:
+            tail = []
+        spent, ruled_out, asked, node = 0, 0, 0, 0
+        mask = np.zeros(self.dist.size, dtype=bool)
+        while (queue or tail) and spent + self.draws <= budget + ruled_out * reward:
+            group = queue.pop(0) if queue else tail.pop(0)
+            if group.size == 0:
+                continue
+            if group.size == 1:
+                if not singles:
+                    continue  # a single block is settled by the caller
+                changed = self._test_alone(int(group[0]))
+            else:
+                node += 1
+                if node not in self.groups:
+                    self.groups[node] = self.eng.group_changed(Phase("kd", node), group, self.draws)
+                    self.tests_run += 1
+                changed = self.groups[node]
+            asked += 1
+            spent += self.draws
+            if not changed:
+                mask[group] = True
+                ruled_out += group.size
+            elif group.size > 1:
+                queue += self._halves(group)
+        self.kd_ruled_out |= mask
+        return mask, {"tests": asked, "ruled_out": ruled_out}
+
+    # ------------------------------------------------------------------------------------ verdicts
+    def verdicts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(support, resolved)`` bool arrays (n_blocks,): a block is *resolved* when a test decided it on its
+        own (tested alone) or ruled it out with its group (a ring or k-d group that never changed); it is in
+        the *support* when it changed the ROI output tested alone."""
+        resolved = self.kd_ruled_out.copy()
+        for level, changed in self.rings.items():
+            if not changed:
+                resolved |= self.dist > level
+        support = np.zeros(self.dist.size, dtype=bool)
+        for block, changed in self.alone.items():
+            resolved[block] = True
+            support[block] = changed
+        return support, resolved
