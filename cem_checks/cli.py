@@ -4,6 +4,7 @@ or JSON results) and ``cem report`` (the HTML report of one or more JSON results
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "an nn.Module, e.g. mypkg.nets:build or path/to/nets.py:build (the current folder is "
                         "importable); 'spandrel' detects the architecture")
     r.add_argument("--trust", action="store_true",
-                   help="allow full unpickling of a torch.save of a whole module (runs code named in the file)")
+                   help="allow full unpickling of a torch.save of a whole module (runs code named in the file; "
+                        "the classes it names must be importable, e.g. from the current folder)")
     _add_map_arguments(r)
     r.add_argument("--assert-receptive-field", type=float, default=None, metavar="R",
                    help="check that nothing beyond R input px of the ROI affects it (support radius <= R)")
@@ -104,19 +106,25 @@ def _error(message: str) -> int:
 
 # ------------------------------------------------------------------------------------------ cem map
 def _cmd_map(args: argparse.Namespace) -> int:
-    import torch
-
-    from .errors import CEMError
+    from .errors import CEMError, CheckpointError
+    from .loading import CLI_OPTIONS, detect_format, load_model
 
     try:
-        try:
-            model = torch.jit.load(args.model, map_location="cpu")
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise CEMError(f"--model {args.model!r} is not a TorchScript file (torch.jit.save): {exc}") from None
+        fmt = detect_format(args.model)
+        if fmt != "torchscript":
+            raise CheckpointError(
+                f"--model {args.model!r} is a {'torch.save' if fmt == 'torch' else fmt} checkpoint, not a TorchScript "
+                "file; cem map takes a TorchScript file (torch.jit.save). Use cem run --model CKPT [--arch "
+                "MODULE:CALLABLE] for other checkpoints."
+            )
+        model = load_model(args.model, options=CLI_OPTIONS)
         result = _compute(model, args)
-    except CEMError as exc:
+    except (CEMError, OSError) as exc:  # bad input, or a file that cannot be read: exit 2, never 1
         return _error(str(exc))
-    path = result.save(args.output)
+    try:
+        path = result.save(args.output)
+    except OSError as exc:
+        return _error(f"cannot write -o {args.output!r}: {exc}")
     c = result.effect
     print(
         f"map {result.rows}x{result.cols} blocks, base PSNR {result.base_psnr:.2f} dB, effect range "
@@ -129,19 +137,21 @@ def _cmd_map(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .checks import check_receptive_field_within, with_map_hint
     from .errors import CEMError
-    from .loading import load_model, resolve_arch
+    from .loading import CLI_OPTIONS, load_model, resolve_arch
     from .records import map_summary, property_record, record_test, results_document
 
     out = Path(args.output)
+    if args.trust and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # so that a pickled module's classes import from the current folder
     try:
         arch = resolve_arch(args.arch, option="--arch")
-        model = load_model(args.model, arch, trust=args.trust)
+        model = load_model(args.model, arch, trust=args.trust, options=CLI_OPTIONS)
         result = _compute(model, args)
         properties = []
         if args.assert_receptive_field is not None:
             outcome = check_receptive_field_within(result, args.assert_receptive_field)
             properties.append(property_record(with_map_hint(outcome, f"see the map in {out}")))
-    except CEMError as exc:
+    except (CEMError, OSError) as exc:  # bad input, or a file that cannot be read: exit 2 (1 is a failed property)
         return _error(str(exc))
     failed = any(not p.get("passed") for p in properties)
     x, y, s = args.roi
@@ -177,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ cem report
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import CEMError
-    from .records import load_document, merge_documents
+    from .records import load_document, merge_documents, recount_summary
 
     files = list(args.files)
     if files[0] == "merge" and len(files) > 1 and not Path("merge").is_file():
@@ -185,9 +195,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
         documents = [load_document(f) for f in files]
-        document = documents[0] if len(documents) == 1 else merge_documents(documents, files)
+        # the summary is always recounted from the tests (merge_documents does it for several files)
+        document = recount_summary(documents[0]) if len(documents) == 1 else merge_documents(documents, files)
     except CEMError as exc:
         return _error(str(exc))
+    for f, doc in zip(files, documents):
+        stored, counted = doc.get("summary") or {}, recount_summary(doc)["summary"]
+        wrong = [f"{stored.get(k)!r} {k.replace('_', ' ')} (its tests hold {counted[k]})"
+                 for k in ("tests", "maps", "properties", "failed_properties") if stored.get(k) != counted[k]]
+        if wrong:
+            print(f"cem: note: the stored summary of {f} says {', '.join(wrong)}; the report shows the counts of "
+                  "its tests.", file=sys.stderr)
     try:
         written = _write_results(document, out, show_passing=args.all)
     except OSError as exc:

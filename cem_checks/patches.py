@@ -5,12 +5,19 @@ A bank is N patches of shape (3, p, q) with values in [0, 1]. Sources accepted b
 - ``None``: the default bank, cut from the natural images bundled in ``cem_checks/data/images`` (public
   domain / CC0 photographs, see ``cem_checks/data/NOTICE.md``): 2500 patches of 8x8 px from each image at
   positions drawn with a fixed seed, 10000 in all, like the paper's DIV2K bank.
-- a path to an ``.npy`` file holding (N, h, w, 3) uint8 (the paper's format) or float in [0, 1];
+- a path to an ``.npy`` file (``numpy.save``, read without unpickling) holding an array as below; the paper's
+  format is (N, h, w, 3) uint8;
 - a path to a folder of images, or to a single image: non-overlapping ``patch_size`` tiles are cut from
   every image (sorted by file name);
-- a numpy array (N, h, w, 3) / (N, h, w) or a torch tensor (N, 3, h, w) / (N, 1, h, w), uint8 or float in
-  [0, 1]. Single-channel patches are replicated to RGB;
+- a numpy array or a torch tensor, uint8 or float in [0, 1]: (N, h, w, 3) or (N, 3, h, w) colour, (N, h, w, 1),
+  (N, 1, h, w) or (N, h, w) gray (replicated to RGB). The channel axis is axis 3 or axis 1, whichever has 3 or 1
+  entries; when both do, numpy arrays are read channels-last and tensors channels-first. A 3-D array that looks
+  like one image (numpy: last axis of 1, 3 or 4; tensor: first axis of 3 or 4, or last of 1, 3 or 4) is refused
+  rather than read as gray patches: add a leading axis (``arr[None]``) for one patch;
 - a :class:`PatchBank`.
+
+Unreadable sources raise :class:`~cem_checks.errors.PatchBankError` naming the source, what is wrong and what
+is expected.
 """
 
 from __future__ import annotations
@@ -65,43 +72,154 @@ def _hash_tensor(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _to_uint8_nchw(arr: np.ndarray, layout: str, original: object) -> torch.Tensor:
+#: the array layouts :func:`load_patches` accepts, for error messages
+ACCEPTED_LAYOUTS = (
+    "(N, p, p, 3) or (N, 3, p, p) colour patches, (N, p, p, 1) or (N, 1, p, p) or (N, p, p) gray patches; uint8, or "
+    "float in [0, 1]"
+)
+
+
+def _channels_last(shape: tuple[int, ...], layout: str, what: str) -> bool:
+    """Whether the 4-D ``shape`` holds its channels last. The channel axis is axis 3 or axis 1, whichever has 1 or
+    3 entries; when both do, the source's convention decides (``layout``: "nhwc" for numpy, "nchw" for torch)."""
+    last, first = shape[3] in (1, 3), shape[1] in (1, 3)
+    if last and first:
+        return layout == "nhwc"
+    if last or first:
+        return last
+    if 4 in (shape[1], shape[3]):
+        raise PatchBankError(
+            f"{what} has 4 channels (shape {tuple(shape)}): RGBA? Drop the alpha channel (arr[..., :3] for an "
+            f"array, t[:, :3] for a tensor); expected {ACCEPTED_LAYOUTS}."
+        )
+    raise PatchBankError(
+        f"{what} has shape {tuple(shape)}: neither axis 1 nor axis 3 is a channel axis of size 3 (RGB) or 1 "
+        f"(gray); expected {ACCEPTED_LAYOUTS}."
+    )
+
+
+def _gray_axis(shape: tuple[int, ...], layout: str, what: str) -> None:
+    """Refuse a 3-D ``shape`` that is more likely one image than a bank of (N, p, p) gray patches: numpy arrays
+    whose last axis is 1, 3 or 4 (one h x w x C image); tensors whose first axis is 3 or 4 (one C x h x w image)
+    or whose last is 1, 3 or 4."""
+    a, h, w = shape
+    if w in (1, 3, 4):
+        raise PatchBankError(
+            f"{what} has 3 dimensions {tuple(shape)}: that is one {a} x {h} x {w} (h x w x C) image or patch, not "
+            f"a bank of gray patches {w} px wide. For one patch add a leading axis: arr[None] (shape (1, {a}, {h}, "
+            f"{w})); for gray patches add a channel axis: arr[..., None]. Accepted: {ACCEPTED_LAYOUTS}."
+        )
+    if layout == "nchw" and a in (3, 4):
+        raise PatchBankError(
+            f"{what} has 3 dimensions {tuple(shape)}: that is one {a} x {h} x {w} (C x h x w) image or patch, or "
+            f"{a} gray patches. For one patch add a leading axis: t[None] (shape (1, {a}, {h}, {w})); for gray "
+            f"patches add a channel axis: t[:, None]. Accepted: {ACCEPTED_LAYOUTS}."
+        )
+
+
+def _to_uint8_nchw(arr: np.ndarray, layout: str, what: str) -> torch.Tensor:
+    """``arr`` as a (N, 3, h, w) uint8 tensor. ``layout`` ("nhwc" for numpy sources, "nchw" for torch tensors)
+    decides where both 4-D layouts fit and which 3-D shapes look like one image; ``what`` names the source in
+    error messages."""
     if arr.ndim == 3:
-        arr = arr[:, None] if layout == "nchw" else arr[..., None]
+        _gray_axis(arr.shape, layout, what)
+        arr = arr[:, None]
     if arr.ndim != 4:
         raise PatchBankError(
-            f"patch bank {describe_value(original)} must have 4 dimensions; expected (N, h, w, 3) for numpy arrays "
-            "and .npy files, or (N, 3, h, w) for torch tensors."
+            f"{what} has {arr.ndim} dimension{'' if arr.ndim == 1 else 's'} {tuple(arr.shape)}; it needs 3 or 4 "
+            f"dimensions: {ACCEPTED_LAYOUTS}."
         )
-    if layout == "nhwc":
+    if _channels_last(arr.shape, layout, what):
         arr = arr.transpose(0, 3, 1, 2)
     n, c = arr.shape[:2]
-    if c not in (1, 3):
-        want = "(N, h, w, 3)" if layout == "nhwc" else "(N, 3, h, w)"
-        raise PatchBankError(
-            f"patch bank {describe_value(original)} has {c} channels; expected {want} RGB patches (or 1 channel). "
-            "Check the layout: numpy arrays are NHWC, torch tensors NCHW."
-        )
     if n == 0:
-        raise PatchBankError(f"patch bank {describe_value(original)} is empty; it needs at least one patch.")
+        raise PatchBankError(f"{what} is empty (shape {tuple(arr.shape)}); it needs at least one patch.")
     if arr.shape[2] < 1 or arr.shape[3] < 1:
-        raise PatchBankError(f"patch bank {describe_value(original)} has empty patches.")
+        raise PatchBankError(f"{what} has empty patches (shape {tuple(arr.shape)}); expected {ACCEPTED_LAYOUTS}.")
     if arr.dtype == np.uint8:
         out = arr
     elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        finite = np.isfinite(arr)
+        if not finite.all() or arr.min() < 0 or arr.max() > 1:
+            seen = (f"{int(arr.size - finite.sum())} non-finite values" if not finite.all()
+                    else f"values outside [0, 1] (from {arr.min():.4g} to {arr.max():.4g})")
             raise PatchBankError(
-                f"float patch bank {describe_value(original)} has values outside [0, 1] or non-finite values; "
-                "expected floats in [0, 1] (divide 0-255 data by 255) or uint8."
+                f"float {what} has {seen}; expected floats in [0, 1] (divide 0-255 data by 255) or uint8."
             )
         out = np.round(arr * 255.0).astype(np.uint8)
     else:
         raise PatchBankError(
-            f"patch bank {describe_value(original)} has dtype {arr.dtype}; expected uint8 or float in [0, 1]."
+            f"{what} has dtype {arr.dtype}; expected uint8 or float in [0, 1] (convert 0-255 integers with "
+            "arr.astype(numpy.uint8))."
         )
     if c == 1:
         out = np.repeat(out, 3, axis=1)
     return torch.from_numpy(np.ascontiguousarray(out))
+
+
+_NPY_EXPECTED = f"expected an array saved with numpy.save: {ACCEPTED_LAYOUTS}"
+
+
+def _npy_not_array(head: bytes) -> str | None:
+    """Why a file whose first bytes are ``head`` is not a .npy file, or None when it starts like one."""
+    if head[:6] == b"\x93NUMPY":
+        return None
+    if not head:
+        kind = "it is empty"
+    elif head[:2] == b"PK":
+        kind = "it is a zip archive (numpy.savez writes .npz archives: save one array with numpy.save)"
+    elif head[:1] == b"\x80":
+        kind = "it is a pickle (save the array itself with numpy.save)"
+    elif all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        kind = "it is text (numpy.savetxt writes text: use numpy.save)"
+    else:
+        kind = "its first bytes are " + repr(head[:8])
+    return f"it does not start with the .npy signature \\x93NUMPY: {kind}"
+
+
+def _npy_problem(path: Path) -> str | None:
+    """What is wrong with the .npy file ``path`` (read from its header, never unpickled), or None when nothing
+    visible is."""
+    from numpy.lib import format as npy_format
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        problem = _npy_not_array(fh.read(16))
+        if problem is not None:
+            return problem
+        fh.seek(0)
+        try:
+            version = npy_format.read_magic(fh)
+            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+        except (ValueError, EOFError, OSError) as exc:
+            return f"its header is truncated or damaged ({exc})"
+        start = fh.tell()
+    if dtype.hasobject:
+        return (f"it holds an object array (dtype {dtype}: Python objects, which only a pickle can restore; the "
+                "patches must be a plain numeric array)")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - start < need:
+        return (f"it is truncated: its header announces shape {tuple(shape)} {dtype} ({need} bytes of data), the "
+                f"file holds {size - start}")
+    return None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """The array of the .npy file ``path``; :class:`PatchBankError` naming the file and what is wrong otherwise
+    (never unpickles)."""
+    what = f"patch bank file {str(path)!r}"
+    try:
+        with open(path, "rb") as fh:
+            problem = _npy_not_array(fh.read(16))
+        if problem is None:
+            try:
+                return np.load(path, allow_pickle=False)
+            except Exception as exc:  # ValueError, EOFError, OSError: diagnosed from the header below
+                problem = _npy_problem(path) or f"numpy cannot read it ({type(exc).__name__}: {exc})"
+    except OSError as exc:
+        problem = f"it cannot be read ({exc})"
+    raise PatchBankError(f"{what} is not a readable .npy array: {problem}; {_NPY_EXPECTED}.")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -125,7 +243,7 @@ def _tiles(paths: list[Path], patch_size: int) -> torch.Tensor:
             f"no {patch_size}x{patch_size} patch could be cut from {[str(p) for p in paths]}; the folder needs at "
             f"least one readable image of {patch_size}x{patch_size} px or more."
         )
-    return _to_uint8_nchw(np.concatenate(tiles), "nhwc", paths)
+    return _to_uint8_nchw(np.concatenate(tiles), "nhwc", f"patches cut from {[str(p) for p in paths]}")
 
 
 @lru_cache(maxsize=4)
@@ -143,7 +261,7 @@ def _default_bank(per_image: int, patch_size: int, seed: int) -> PatchBank:
         idx_x = xs[:, None] + np.arange(patch_size)
         out.append(img[idx_y[:, :, None], idx_x[:, None, :]])
     arr = np.concatenate(out)
-    return PatchBank(_to_uint8_nchw(arr, "nhwc", "bundled images"), f"bundled:{len(arr)}x{patch_size}px")
+    return PatchBank(_to_uint8_nchw(arr, "nhwc", "the bundled patch bank"), f"bundled:{len(arr)}x{patch_size}px")
 
 
 def default_patch_bank() -> PatchBank:
@@ -178,21 +296,21 @@ def load_patches(patches: Any = None, *, patch_size: int = 8) -> PatchBank:
                 )
             return PatchBank(_tiles(files, patch_size), f"folder:{path}")
         if path.suffix.lower() == ".npy":
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise PatchBankError(f"cannot read patch bank {str(path)!r} as a numpy array: {exc}.") from exc
-            return PatchBank(_to_uint8_nchw(arr, "nhwc", path), f"npy:{path}")
+            arr = _read_npy(path)
+            return PatchBank(_to_uint8_nchw(arr, "nhwc", f"patch bank file {str(path)!r}"), f"npy:{path}")
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return PatchBank(_tiles([path], patch_size), f"image:{path}")
         raise PatchBankError(
             f"patch bank file {str(path)!r} has an unsupported suffix {path.suffix!r}; expected .npy or an image."
         )
     if isinstance(patches, np.ndarray):
-        return PatchBank(_to_uint8_nchw(patches, "nhwc", patches), f"array:{patches.shape[0] if patches.ndim else 0}")
+        what = f"patch bank {describe_value(patches)}"
+        return PatchBank(_to_uint8_nchw(patches, "nhwc", what), f"array:{patches.shape[0] if patches.ndim else 0}")
     if isinstance(patches, torch.Tensor):
-        arr = patches.detach().cpu().numpy()
-        return PatchBank(_to_uint8_nchw(arr, "nchw", patches), f"tensor:{arr.shape[0] if arr.ndim else 0}")
+        what = f"patch bank {describe_value(patches)}"
+        t = patches.detach().cpu()
+        arr = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
+        return PatchBank(_to_uint8_nchw(arr, "nchw", what), f"tensor:{arr.shape[0] if arr.ndim else 0}")
     raise PatchBankError(
         f"patches={describe_value(patches)} of type {type(patches).__name__} is not a patch source; expected None, "
         "a path (.npy, image folder or image), a numpy array, a torch tensor or a PatchBank."
