@@ -53,6 +53,7 @@ from .errors import (
 )
 from .grid import ROI, BlockGrid
 from .images import load_image
+from .lazy import LazyMap
 from .loading import load_model
 from .metrics import (
     EffectCounts,
@@ -84,6 +85,7 @@ __all__ = [
     "CEMError",
     "CEMInputError",
     "CEMResult",
+    "LazyMap",
     "SupportResult",
     "CEMWarning",
     "CacheWarning",

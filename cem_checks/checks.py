@@ -35,7 +35,7 @@ import numpy as np
 
 from . import metrics as M
 from .errors import CEMInputError, describe_value
-from .result import CEMResult, _json_safe
+from .result import CEMResult, SupportResult, _json_safe
 
 #: How many of the blocks that drive a measurement an outcome lists.
 WORST_BLOCKS = 5
@@ -93,7 +93,11 @@ class OffendingBlock:
     detail: str = ""
 
     @classmethod
-    def of(cls, result: CEMResult, row: int, col: int, detail: str = "") -> "OffendingBlock":
+    def of(cls, result: CEMResult | SupportResult, row: int, col: int, detail: str = "") -> "OffendingBlock":
+        if isinstance(result, SupportResult):  # no effects: the block changed the ROI output, tested alone
+            nan = float("nan")
+            return cls(int(row), int(col), int(result.distance[row, col]), nan, nan, nan,
+                       detail or "changes the ROI output when replaced alone (support stage; effect not estimated)")
         return cls(
             int(row),
             int(col),
@@ -105,8 +109,10 @@ class OffendingBlock:
         )
 
     def describe(self) -> str:
-        ci = "no CI" if math.isnan(self.ci_low_db) else f"95% CI [{self.ci_low_db:+.3f}, {self.ci_high_db:+.3f}]"
         extra = f"; {self.detail}" if self.detail else ""
+        if math.isnan(self.effect_db):
+            return f"block (row {self.row}, col {self.col}) at {self.distance_px} px{extra}"
+        ci = "no CI" if math.isnan(self.ci_low_db) else f"95% CI [{self.ci_low_db:+.3f}, {self.ci_high_db:+.3f}]"
         return f"block (row {self.row}, col {self.col}) at {self.distance_px} px: {self.effect_db:+.3f} dB, {ci}{extra}"
 
     def to_record(self) -> dict[str, Any]:
@@ -552,6 +558,15 @@ def _receptive_field_within(result, radius, by):
     radius = M.check_radius("radius", radius)
     M._check_choice("by", by, _RF_BY)
     if by == "support":
+        result = M._support_question(result, radius)
+        if isinstance(result, SupportResult):
+            return _support_stage_within(result, radius)
+    elif isinstance(result, SupportResult):
+        raise CEMInputError(
+            f"by={by!r} compares effects, which a SupportResult (the support stage alone) does not have; use "
+            "by='support' (exact: does any farther block change the ROI output at all?), or a map."
+        )
+    if by == "support":
         metric, params, what = "support_radius", {}, "changes the ROI output in any draw"
     else:
         significant = by == "significant"
@@ -564,12 +579,65 @@ def _receptive_field_within(result, radius, by):
     )
 
 
+def _support_stage_within(result: SupportResult, radius: float) -> PropertyOutcome:
+    """``receptive_field_within`` of a :class:`SupportResult`: its support radius against ``radius``; a result
+    whose search stopped at ``within`` answers when ``within`` decides the bound (nothing beyond it and
+    ``radius >= within``, or something beyond it and ``radius <= within``)."""
+    params: dict[str, Any] = {}
+    note = ""
+    d = result.distance
+    if result.radius_px is not None:
+        measured = int(result.radius_px)
+    else:
+        w = float(result.within_px)
+        params = {"within": w}
+        if not result.beyond_within and radius >= w:
+            measured, note = w, (f"an upper bound: one group test showed that nothing farther than {w:g} px changes "
+                                 "the ROI output; the support radius itself was not searched")
+        elif result.beyond_within and radius <= w:
+            measured = int(d[d > w].min())
+            note = (f"a lower bound: one group test showed that blocks farther than {w:g} px (the nearest at "
+                    f"{measured} px) change the ROI output; the support radius itself was not searched")
+        else:
+            raise CEMInputError(
+                f"this SupportResult was computed with within={w:g} (anything beyond {w:g} px: "
+                f"{'yes' if result.beyond_within else 'no'}), which does not decide a bound of {radius:g} px; "
+                f"compute it with compute_support(..., within={radius:g}) or without within=."
+            )
+    passed = _compare(measured, "<=", radius)
+    offenders = result.support & ~result.roi_mask & (d > radius)
+    worst = _top(result, offenders, [d])
+    if not passed and not worst:
+        extra = (f"the blocks farther than {radius:g} px changed the ROI output as a group; none was tested alone "
+                 "(compute_support() without within= resolves them one by one)")
+        note = f"{note}; {extra}" if note else extra
+    return PropertyOutcome(
+        name="receptive_field_within",
+        description=f"no block farther than {radius:g} px from the ROI changes the ROI output in any draw",
+        metric="support_radius",
+        params=params,
+        measured=measured,
+        op="<=",
+        bound=radius,
+        unit="px",
+        passed=passed,
+        worst_blocks=worst,
+        settings=run_settings(result),
+        note=note,
+        map_hint=_map_hint(result),
+    )
+
+
 def check_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support") -> PropertyOutcome:
     """Does nothing beyond ``radius`` input px of the ROI affect it?
 
     ``by="support"`` (default, exact): ``support_radius <= radius``: no draw on a farther block changed the ROI
     output at all. ``by="effect"``: ``max_reach(significant=False) <= radius`` (|effect| >= tol_db);
     ``by="significant"``: ``max_reach(significant=True) <= radius``.
+
+    ``result`` may also be a :class:`SupportResult` (``by="support"`` only), or a map computed on first need
+    (:class:`cem_checks.lazy.LazyMap`, what the plugin's ``cem`` fixture returns), which then runs its support
+    stage only: a few group tests instead of a map.
     """
     return _finish(_receptive_field_within(result, radius, by), False)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CEMInputError, describe_value
-from .result import CEMResult
+from .result import CEMResult, SupportResult
 
 SIGNS = ("positive", "negative", "abs")
 BY = ("count", "mass")
@@ -60,12 +60,47 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------- validation
 def _check_result(result: Any) -> CEMResult:
+    """``result`` as a :class:`CEMResult`; a map computed on first need (:class:`cem_checks.lazy.LazyMap`) is
+    computed now."""
+    resolve = getattr(result, "__cem_map__", None)
+    if callable(resolve) and not isinstance(result, CEMResult):
+        result = resolve()
+    if isinstance(result, SupportResult):
+        raise CEMInputError(
+            "this metric needs the effects of a map, but the result is a SupportResult (the support stage alone, "
+            "which estimates no effect); use cem_checks.compute_cem() for a map, or a metric a SupportResult "
+            "answers: support_radius, max_reach(significant=False)."
+        )
     if not isinstance(result, CEMResult):
         raise CEMInputError(
             f"result {describe_value(result)} of type {type(result).__name__} is not a CEMResult; pass the value "
             "returned by cem_checks.compute_cem() or CEMResult.from_effects()."
         )
     return result
+
+
+def _support_question(result: Any, within: float | None = None) -> CEMResult | SupportResult:
+    """What a support question (the support radius, an exact receptive-field bound) reads: a :class:`CEMResult`
+    or :class:`SupportResult` as it is; a map computed on first need runs its support stage only (asked about
+    ``within`` px), or reads its map once that exists."""
+    if isinstance(result, (CEMResult, SupportResult)):
+        return result
+    ask = getattr(result, "__cem_support__", None)
+    if callable(ask):
+        return ask(within)
+    return _check_result(result)
+
+
+def support_result_radius(result: SupportResult) -> int:
+    """The support radius of a :class:`SupportResult`; :class:`CEMInputError` when its search stopped at
+    ``within`` (it then bounds the radius only)."""
+    if result.radius_px is None:
+        raise CEMInputError(
+            f"this SupportResult answers only whether anything farther than {result.within_px:g} px changes the ROI "
+            f"output ({'yes' if result.beyond_within else 'no'}); its support radius was not searched. Compute it "
+            "with cem_checks.compute_support() without within=, or check it with check_receptive_field_within()."
+        )
+    return int(result.radius_px)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -275,18 +310,35 @@ def context_share(result: CEMResult, beyond: float, *, significant: bool = False
     return _share(w[dist > beyond].sum(), w.sum())
 
 
-def max_reach(result: CEMResult, significant: bool = True, *, include_roi: bool = False) -> int:
+def max_reach(result: CEMResult | SupportResult, significant: bool = True, *, include_roi: bool = False) -> int:
     """Largest distance (input px) of a measured block with a non-zero effect; with ``significant=True`` (the
-    default) only blocks whose CI excludes zero count. 0 when no block qualifies."""
+    default) only blocks whose CI excludes zero count. 0 when no block qualifies.
+
+    A :class:`SupportResult` has no effects: with ``significant=False`` its reach is that of any change of the
+    ROI output at all, the support radius (an upper bound of a map's ``max_reach``)."""
+    if isinstance(result, SupportResult):
+        if _check_bool("significant", significant):
+            raise CEMInputError(
+                "max_reach(significant=True) needs confidence intervals of effects, which a SupportResult (the "
+                "support stage alone) does not have; pass significant=False (the support radius), or a map."
+            )
+        return support_result_radius(result)
     eff, dist = _effects(result, significant, include_roi)
     hit = dist[eff != 0]
     return int(hit.max()) if hit.size else 0
 
 
-def support_radius(result: CEMResult, *, include_roi: bool = False) -> int:
+def support_radius(result: CEMResult | SupportResult, *, include_roi: bool = False) -> int:
     """Largest distance (input px) of a measured block in ``result.support`` (some draw changed the ROI output
     at all: exact, free of Monte-Carlo noise). 0 when no block qualifies. For a model whose receptive field has
-    radius r, ``support_radius <= r``."""
+    radius r, ``support_radius <= r``.
+
+    A :class:`SupportResult` gives its ``radius_px`` (the farthest ring of blocks that changes the ROI output); a
+    map computed on first need (:class:`cem_checks.lazy.LazyMap`) runs only its support stage for this."""
+    result = _support_question(result)
+    if isinstance(result, SupportResult):
+        _check_bool("include_roi", include_roi)
+        return support_result_radius(result)
     sel = selection(result, include_roi)
     hit = result.distance[sel & result.support]
     return int(hit.max()) if hit.size else 0

@@ -12,8 +12,9 @@ Results file (``RESULTS_FORMAT`` version ``RESULTS_FORMAT_VERSION``), written by
                 "longrepr": ... (failed/skipped only), "maps": [map summary, ...],
                 "properties": [property record, ...]}, ...]}
 
-A map summary (:func:`map_summary`) holds the run's settings, a few numbers of the map and what the HTML report
-needs to draw it: ``effect_db`` (rows x cols list of floats in dB, rounded to 4 decimals, NaN as null),
+A map summary (:func:`map_summary`, ``"stage": "map"``) holds the run's settings, a few numbers of the map and
+what the HTML report needs to draw it: ``effect_db`` (rows x cols list of floats in dB, rounded to 4 decimals, NaN
+as null), ``support`` (rows x cols booleans: the block changed the ROI output),
 ``roi_mask`` (rows x cols list of booleans), ``display_bound_db`` (the task's colour-scale bound),
 ``distance_px`` (rows x cols ints: each block's Chebyshev distance to the ROI footprint, input px), ``stderr_db``
 (rows x cols, dB, 4 decimals, null where undefined), ``n_samples`` (rows x cols ints: draws per block),
@@ -21,7 +22,10 @@ needs to draw it: ``effect_db`` (rows x cols list of floats in dB, rounded to 4 
 where each image is None (cap 0, or a result without images) or the record of
 :func:`cem_checks.reporting.images.embed_image` (a base64 PNG of longest side <= cap and the ROI box in its
 pixels; the input is the degraded model input, the output the model's baseline output, both 8-bit). Summaries
-written by older versions lack these keys; the report says so where they would be drawn. A
+written by older versions lack these keys; the report says so where they would be drawn. A support summary
+(:func:`support_summary`, ``"stage": "support"``) records a map of which only the support stage ran (no effect
+was estimated): ``support``, ``resolved`` (the block was decided), ``roi_mask``, ``distance_px``, the support
+radius (or ``within_px`` and ``beyond_within``), ``group_tests``, the cost and the images. A
 property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` plus ``measured_text`` and
 ``bound_text``, the two strings a summary line shows.
 
@@ -44,7 +48,7 @@ from . import metrics as M
 from ._io import atomic_write_text
 from .checks import PropertyOutcome, _fmt, run_settings
 from .errors import CEMInputError, ResultsFileError, describe_value
-from .result import CEMResult, _json_safe
+from .result import CEMResult, SupportResult, _json_safe
 from .reporting.images import DEFAULT_MAX_IMAGE_PX, check_max_image_px, embed_image
 from .tasks import parse_task
 
@@ -66,6 +70,8 @@ __all__ = [
     "map_images",
     "map_summary",
     "merge_documents",
+    "result_summary",
+    "support_summary",
     "property_line",
     "property_record",
     "record_test",
@@ -148,6 +154,7 @@ def map_summary(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> 
     stderr = np.round(np.asarray(result.stderr, dtype=np.float64), EFFECT_DECIMALS)
     return _json_safe(
         {
+            "stage": "map",
             "model": result.model,
             "settings": run_settings(result),
             "grid": [result.rows, result.cols],
@@ -171,10 +178,52 @@ def map_summary(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> 
             "distance_px": np.asarray(result.distance, dtype=np.int64),
             "stderr_db": stderr,
             "n_samples": np.asarray(result.n_samples, dtype=np.int64),
+            "support": np.asarray(result.support, dtype=bool),
             "uncertainty": uncertainty_summary(result),
             "images": images,
         }
     )
+
+
+def support_summary(result: SupportResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> dict[str, Any]:
+    """A JSON-safe summary of a :class:`SupportResult` (``"stage": "support"``: the support stage ran, no effect
+    was estimated): settings, grid, base PSNR (dB), support radius (input px; None when the search stopped at
+    ``within_px``), ``within_px`` / ``beyond_within``, block counts (supported, resolved), group tests, cost, and for
+    drawing it the per-block ``support``, ``resolved``, ROI mask and distance, and the images (:func:`map_images`)."""
+    if not isinstance(result, SupportResult):
+        raise CEMInputError(f"result {describe_value(result)} is not a SupportResult; pass compute_support()'s value.")
+    return _json_safe(
+        {
+            "stage": "support",
+            "model": result.model,
+            "settings": run_settings(result),
+            "grid": [result.rows, result.cols],
+            "input_shape": list(result.input_shape),
+            "output_shape": list(result.output_shape),
+            "base_psnr_db": result.base_psnr,
+            "support_radius_px": result.radius_px,
+            "within_px": result.within_px,
+            "beyond_within": result.beyond_within,
+            "support_blocks": int(result.support.sum()),
+            "resolved_blocks": int(result.resolved.sum()),
+            "group_tests": result.group_tests,
+            "forward_passes": result.forward_passes,
+            "wall_s": result.wall_s,
+            "patch_bank": dict(result.patch_bank),
+            "support": np.asarray(result.support, dtype=bool),
+            "resolved": np.asarray(result.resolved, dtype=bool),
+            "roi_mask": np.asarray(result.roi_mask, dtype=bool),
+            "distance_px": np.asarray(result.distance, dtype=np.int64),
+            "images": map_images(result, max_image_px),
+        }
+    )
+
+
+def result_summary(result: Any, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> dict[str, Any]:
+    """:func:`support_summary` of a :class:`SupportResult`, else :func:`map_summary`."""
+    if isinstance(result, SupportResult):
+        return support_summary(result, max_image_px)
+    return map_summary(result, max_image_px)
 
 
 def property_record(outcome: PropertyOutcome) -> dict[str, Any]:
@@ -268,11 +317,16 @@ MAP_GRIDS = {
     "distance_px": ((int,), False, "an integer (input px)"),
     "n_samples": ((int,), False, "an integer (draws)"),
     "roi_mask": ((bool,), False, "true or false"),
+    "support": ((bool,), False, "true or false"),
+    "resolved": ((bool,), False, "true or false"),
 }
+#: The stages a map summary may record: the full map, or the support stage alone.
+MAP_STAGES = ("map", "support")
 #: The numbers and the counts (integers) of a map summary the report reads (null allowed: shown as n/a).
-MAP_NUMBERS = ("base_psnr_db", "effect_min_db", "effect_max_db", "display_bound_db", "support_radius_px", "wall_s")
+MAP_NUMBERS = ("base_psnr_db", "effect_min_db", "effect_max_db", "display_bound_db", "support_radius_px", "wall_s",
+               "within_px")
 MAP_COUNTS = ("forward_passes", "pixels_processed", "positive_blocks", "negative_blocks", "zero_blocks",
-              "support_blocks")
+              "support_blocks", "resolved_blocks", "group_tests")
 #: The objects (dicts) of a map summary the report reads (null allowed for ``images``).
 MAP_OBJECTS = ("settings", "patch_bank", "uncertainty", "images")
 _REDO = "Re-create the file with pytest --cem-json or cem run -o FILE.json, or correct that value."
@@ -313,6 +367,13 @@ def _check_map(m: Any, where: str) -> None:
     of :data:`MAP_OBJECTS`. Keys that older versions did not write may be absent."""
     if not isinstance(m, dict):
         raise ResultsFileError(f"{where} is {describe_value(m)}; expected a map summary (a JSON object). {_REDO}")
+    stage = m.get("stage", "map")
+    if stage not in MAP_STAGES:
+        raise ResultsFileError(
+            f"{where}: stage is {describe_value(stage)}; expected one of {', '.join(map(repr, MAP_STAGES))}. {_REDO}")
+    if m.get("beyond_within") is not None and not isinstance(m["beyond_within"], bool):
+        raise ResultsFileError(
+            f"{where}: beyond_within is {describe_value(m['beyond_within'])}; expected true, false or null. {_REDO}")
     grid = m.get("grid")
     if grid is not None and not (isinstance(grid, list) and len(grid) == 2
                                  and all(_is(v, (int,)) and v > 0 for v in grid)):

@@ -356,7 +356,8 @@ class SupportResult:
     - ``roi_mask`` bool and ``distance`` int64 (input px), as in :class:`CEMResult`.
 
     Scalars: ``radius_px`` (the support radius: the distance of the farthest ring of blocks that changes the ROI
-    output; None when the search stopped at ``within``), ``within_px`` and ``beyond_within`` (with ``within=r``:
+    output; None when the search stopped at ``within``), ``base_psnr`` (dB, the baseline ROI PSNR),
+    ``within_px`` and ``beyond_within`` (with ``within=r``:
     whether anything farther than r input px changes the ROI output; None otherwise), ``block_size`` (input px),
     ``scale``, ``roi`` (output px), ``task``, ``seed``, ``draws`` (joint draws per group test), ``group_tests``,
     ``forward_passes`` (images sent through the model, the validation forwards included), ``wall_s``,
@@ -376,6 +377,7 @@ class SupportResult:
     task: str
     seed: int
     draws: int = 3
+    base_psnr: float = float("nan")
     within_px: float | None = None
     beyond_within: bool | None = None
     group_tests: int = 0
@@ -509,6 +511,7 @@ class SupportResult:
                 "Recompute the support with this version."
             )
         meta["roi"] = ROI(*meta["roi"])
-        if meta.get("wall_s") is None:
-            meta["wall_s"] = float("nan")
+        for key in ("wall_s", "base_psnr"):
+            if meta.get(key) is None:
+                meta[key] = float("nan")
         return cls(**arrays, **meta)

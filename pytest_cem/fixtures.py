@@ -1,7 +1,8 @@
 """The plugin's fixtures: thin shims over :mod:`cem_checks` bound to the resolved settings of each test.
 
-- ``cem``: ``cem(model, image, **engine_kwargs) -> CEMResult`` runs :func:`cem_checks.compute_cem` with the
-  test's settings (call keywords > marker > CLI > ini > default) and records the map for the report;
+- ``cem``: ``cem(model, image, **engine_kwargs) -> LazyMap``: the map of :func:`cem_checks.compute_cem` with the
+  test's settings (call keywords > marker > CLI > ini > default), computed stage by stage on first need
+  (:mod:`cem_checks.lazy`), and recorded for the report with what ran;
 - ``cem_settings``: the test's :class:`~pytest_cem.options.CEMSettings`;
 - ``cem_device``: the ``torch.device`` of the test (skips the test when that device is absent);
 - ``cem_patches``: the natural patch bank (``--cem-patches`` or the bundled one);
@@ -38,9 +39,11 @@ def _patch_bank(config: pytest.Config, source: Any):
 
 
 class CEMRunner:
-    """``cem(model, image, **kwargs)``: :func:`cem_checks.compute_cem` with the test's settings; every map is
-    recorded for the report. ``kwargs`` are any keyword arguments of ``compute_cem`` and win over the settings.
-    ``results`` lists the maps computed so far in this test."""
+    """``cem(model, image, **kwargs)``: the map of :func:`cem_checks.compute_cem` with the test's settings, as a
+    :class:`cem_checks.LazyMap` whose stages run on first need: a receptive-field assertion runs only the support
+    stage (a few group tests), anything else the full map (reusing those tests). ``kwargs`` are any keyword
+    arguments of ``compute_cem`` and win over the settings; they are checked at once. What ran is recorded for
+    the report at the end of the test. ``results`` lists the maps of this test."""
 
     def __init__(self, item: pytest.Item, settings: CEMSettings, device: Any):
         self._item = item
@@ -49,9 +52,9 @@ class CEMRunner:
         self.results: list = []
 
     def __call__(self, model: Any, image: Any, **kwargs: Any):
-        from cem_checks import compute_cem
+        from cem_checks import LazyMap
+        from cem_checks.engine import Job
         from cem_checks.errors import SettingsError
-        from cem_checks.records import map_summary
 
         allowed = engine_keywords()
         unknown = sorted(set(kwargs) - set(allowed))
@@ -72,8 +75,8 @@ class CEMRunner:
                 )
         if "patches" not in kwargs:
             kw["patches"] = _patch_bank(self._item.config, kw.get("patches"))
-        result = compute_cem(model, image, **kw)
-        records_for(self._item).maps.append(map_summary(result, max_image_px=summary_image_px(self.settings)))
+        result = LazyMap(Job(model, image, **kw))
+        records_for(self._item).pending.append((result, summary_image_px(self.settings)))
         self.results.append(result)
         return result
 

@@ -132,6 +132,7 @@ def pytest_runtest_call(item: pytest.Item):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if call.when == "call":
         rec = records_for(item)
+        rec.flush()
         if not rec.empty and not rec.attached:
             item.user_properties.extend(rec.user_properties())
             rec.attached = True

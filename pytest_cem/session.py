@@ -38,11 +38,22 @@ class ItemRecords:
     maps: list = field(default_factory=list)
     properties: list = field(default_factory=list)
     baseline_names: set = field(default_factory=set)
+    pending: list = field(default_factory=list)  # (LazyMap, image cap): summarised at the end of the test
     attached: bool = False
 
     @property
     def empty(self) -> bool:
-        return not self.maps and not self.properties
+        return not self.maps and not self.properties and not self.pending
+
+    def flush(self) -> None:
+        """Summarise the lazy maps of the test as far as they ran (a map, or its support stage alone); a map no
+        assertion consulted ran nothing and is not recorded."""
+        from cem_checks.records import result_summary
+
+        for handle, cap in self.pending:
+            if handle.result is not None:
+                self.maps.append(result_summary(handle.result, max_image_px=cap))
+        self.pending.clear()
 
     def user_properties(self) -> list[tuple[str, str]]:
         out = [(USER_PROPERTY, json.dumps({"maps": self.maps, "properties": self.properties}, sort_keys=True))]
@@ -238,10 +249,12 @@ class CEMSession:
         n_props = sum(len(t["properties"]) for t in self.tests.values())
         n_failed = len(self.failed_properties())
         n_maps = sum(len(t["maps"]) for t in self.tests.values())
+        n_support = sum(m.get("stage") == "support" for t in self.tests.values() for m in t["maps"])
         lines.append(
             f"{n_props} propert{'y' if n_props == 1 else 'ies'} checked in {len(self.tests)} test"
             f"{'' if len(self.tests) == 1 else 's'}: {n_props - n_failed} passed, {n_failed} failed; "
             f"{n_maps} map{'' if n_maps == 1 else 's'} computed"
+            + (f" ({n_support} of them the support stage only)" if n_support else "")
         )
         fix = ("; pass a path in a writable folder. The session fails for it: exit code 4 (usage error) unless "
                "tests failed.")

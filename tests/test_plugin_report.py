@@ -36,7 +36,11 @@ def test_report_lists_both_properties_failure_first(pytester):
     ]
     assert p.rows[0][4:] == ["support_radius() = 5 px", "<= 1 px"]
     heat = [decode(src) for cls, src in p.images if cls == "heatmap"]
-    assert len(heat) == 2 and all(h.size == (256, 256) for h in heat)  # 8x8 blocks of 32 px
+    assert len(heat) == 1 and heat[0].size == (256, 256)  # 8x8 blocks of 32 px: test_too_wide's full map
+    support = [decode(src) for cls, src in p.images if cls == "heatmap support"]
+    assert len(support) == 2 and all(h.size == (256, 256) for h in support)  # a support panel for every map
+    assert html.count('class="map stage-support"') == 1 and html.count('class="map stage-map"') == 1
+    assert "Only the support stage ran" in html
     assert '<details class="prop passed">' in html  # passing properties collapsed by default
 
 
@@ -120,7 +124,8 @@ def test_the_ini_cap_reaches_the_report_and_the_json(pytester):
             assert rec["roi_box"] == [4, 4, 8, 8]  # ROI (8, 8, 8) halved
     p = parse((pytester.path / "r.html").read_text(encoding="utf-8"))
     pictures = [cls for cls, _ in p.images if cls and cls.startswith("picture")]
-    assert sorted(pictures) == sorted(["picture input", "picture output", "picture overlay"] * 2)
+    # the full map (test_too_wide) has the overlay of its effects; the support stage alone (test_local) has none
+    assert sorted(pictures) == sorted(["picture input", "picture output"] * 2 + ["picture overlay"])
 
 
 def test_a_bad_cap_stops_the_run(pytester):

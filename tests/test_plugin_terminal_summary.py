@@ -16,7 +16,7 @@ def test_header_and_summary_section(pytester):
         "cem: cem_checks *, torch *, default device cpu -> cpu, mode paper, seed 3, batch size auto",
         "*= causal properties =*",
         "FAILED test_suite.py::test_too_wide receptive_field_within: measured support_radius() = 5 px; bound <= 1 px",
-        "2 properties checked in 3 tests: 1 passed, 1 failed; 2 maps computed",
+        "2 properties checked in 3 tests: 1 passed, 1 failed; 2 maps computed (1 of them the support stage only)",
         f"JSON results: {pytester.path / 'r.json'}",
         f"HTML report: {pytester.path / 'report.html'}",
     ])
@@ -37,7 +37,7 @@ def test_a_failing_property_shows_its_message_not_library_frames(pytester):
     result = pytester.runpytest("-k", "wide")
     out = result.stdout.str()
     result.stdout.fnmatch_lines([
-        ">       cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)",
+        ">       cc.assert_receptive_field_within(m, radius=1)",
         "E       cem_checks.checks.CausalPropertyError: causal property 'receptive_field_within' FAILED:*",
         "E         measured: support_radius() = 5 px",
         "E         bound:    <= 1 px",

@@ -237,24 +237,29 @@ class Job:
         }
 
     # ------------------------------------------------------------------------------------- stages
-    def support(self, within: float | None = None, *, find_radius: bool | None = None,
-                max_tests: int | None = None) -> SupportResult:
+    def support(self, within: float | None = None, *, find_radius: bool = False, refine: bool = True,
+                max_tests: int | None = None, offenders: int = 0) -> SupportResult:
         """The support stage (see :func:`compute_support`). With ``within``, one ring test answers "does anything
         beyond ``within`` px change the ROI output?"; ``find_radius`` then also finds the support radius (a binary
-        search, over the rings inside ``within`` when nothing lies beyond it). Without ``within``: the radius,
-        then the k-d refinement to single blocks within ``max_tests`` group tests."""
+        search, over the rings inside ``within`` when nothing lies beyond it), and when something does lie beyond
+        it, up to ``offenders`` blocks of the farthest ring that change the ROI output alone are found (a few
+        group tests). Without ``within``: the radius, then (``refine``) the k-d refinement to single blocks
+        within ``max_tests`` group tests."""
         beyond = None
         with self._stage("support"):
             search = self.search
             if within is not None:
                 beyond = search.beyond(within)
                 if find_radius:
-                    search.radius()
+                    radius = search.radius()
+                    if beyond and offenders:
+                        search.offenders(radius, offenders, max_tests=4 * offenders)
             else:
                 radius = search.radius()
-                inside = int((search.dist <= radius).sum())
-                budget = inside if max_tests is None else max_tests
-                search.refine(radius, budget=budget * search.draws, singles=True, roi_blocks=True)
+                if refine:
+                    inside = int((search.dist <= radius).sum())
+                    budget = 2 * inside if max_tests is None else max_tests
+                    search.refine(radius, budget=budget * search.draws, singles=True, roi_blocks=True)
         support, resolved = search.verdicts()
         shape = (self.eng.grid.rows, self.eng.grid.cols)
         meta = self._meta(self.eng.support_cache)
@@ -264,7 +269,7 @@ class Job:
         return SupportResult(
             support=support.reshape(shape), resolved=resolved.reshape(shape), roi_mask=self.eng.distance == 0,
             distance=self.eng.distance, radius_px=search.radius() if search.radius_known() else None,
-            draws=search.draws, within_px=None if within is None else float(within), beyond_within=beyond,
+            draws=search.draws, base_psnr=self.base_psnr, within_px=None if within is None else float(within), beyond_within=beyond,
             group_tests=len(search.rings) + len(search.groups) + len(search.alone), meta=meta, **self._common(),
         )
 
@@ -401,9 +406,10 @@ def compute_support(
 
     Without ``within``: a binary search over the rings "farther than d px" finds the support radius, then a
     k-d split of the blocks within it, recursing into the groups that changed, decides blocks one by one
-    (testing single blocks alone, the ROI's own blocks last) within ``max_tests`` group tests (default: the
-    number of blocks within the radius, i.e. at most one test per block). Blocks of groups that changed but
-    were never tested alone stay unresolved (``SupportResult.resolved``).
+    (testing single blocks alone, the ROI's own blocks last; where the support is dense, a changed group goes
+    straight to its single blocks) within ``max_tests`` group tests (default: twice the number of blocks within
+    the radius, enough to resolve a dense support one block at a time). Blocks of groups that changed but were
+    never tested alone stay unresolved (``SupportResult.resolved``).
 
     With ``within=r`` (input px): one ring test of ``draws`` joint draws answers only "does anything farther
     than r px change the ROI output?" (``beyond_within``), and the search stops.

@@ -57,13 +57,17 @@ class FastOptions:
 class Phase:
     """A phase of draws. Its text (``str``) names the phase's random streams and its cache files, so it is
     stable across versions: ``coarse``, ``fine`` (paper mode), ``fine@<look>`` (fast mode's sequential looks),
-    ``ring<d>`` (the group "every block farther than d px"), ``kd<n>`` (the n-th group of the k-d split),
-    ``kd-block<i>`` (block i tested alone), ``local-check``."""
+    ``ring<d>`` (the group "every block farther than d px"), ``kd-<digest>`` (a group of the k-d split, named by
+    a digest of its blocks, so a group is the same test in any split that reaches it), ``kd-block<i>`` (block i
+    tested alone), ``local-check``."""
 
     kind: str
     index: int | None = None
+    tag: str | None = None  # kd: the digest of the group's blocks
 
     def __str__(self) -> str:
+        if self.tag is not None:
+            return f"{self.kind}-{self.tag}"
         if self.index is None:
             return self.kind
         if self.kind == "fine":

@@ -16,12 +16,13 @@ exact cancellation between blocks, and no dependence confined to a set of conten
 miss), which holds for generic weights; ``draws`` independent joint draws guard each verdict.
 
 Every test is remembered by the search, so the stages of one job (a receptive-field check, then a full map)
-never repeat one, and the k-d split numbers its groups in a fixed order, so any budget runs a prefix of the
-same tests (cached and reused across runs under the same names).
+never repeat one; a k-d group is named by its blocks, so a group reached by two splits (fast mode's, the
+support stage's) is one test, cached and reused across runs under that name.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ class SupportSearch:
         self.dist = eng.distance.ravel()
         self.levels = np.unique(self.dist)
         self.rings: dict[int, bool] = {}  # ring level d -> did "farther than d px" change the ROI output
-        self.groups: dict[int, bool] = {}  # k-d node -> changed
+        self.groups: dict[str, bool] = {}  # k-d group (digest of its blocks) -> changed
         self.alone: dict[int, bool] = {}  # block tested alone -> changed
         self.kd_ruled_out = np.zeros(self.dist.size, dtype=bool)  # blocks in a k-d group (or alone) that never changed
         self.tests_run = 0  # group tests run (not reused) by this search
@@ -103,54 +104,87 @@ class SupportSearch:
         half = group.size // 2
         return [group[order[:half]], group[order[half:]]]
 
-    def _test_alone(self, block: int) -> bool:
-        if block not in self.alone:
-            self.alone[block] = self.eng.group_changed(Phase("kd-block", block), np.array([block]), self.draws)
+    def group_test(self, group: np.ndarray) -> bool:
+        """Did a joint replacement of ``group`` change the ROI output? A single block is tested alone
+        (``kd-block<i>``); a larger group is named by a digest of its sorted blocks (``kd-<digest>``), so the same
+        group is the same test (the same draws, memo and cache entry) whichever split reaches it."""
+        if group.size == 1:
+            block = int(group[0])
+            if block not in self.alone:
+                self.alone[block] = self.eng.group_changed(Phase("kd-block", block), group, self.draws)
+                self.tests_run += 1
+            return self.alone[block]
+        ids = np.sort(group).astype(np.int64)
+        tag = hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+        if tag not in self.groups:
+            self.groups[tag] = self.eng.group_changed(Phase("kd", tag=tag), ids, self.draws)
             self.tests_run += 1
-        return self.alone[block]
+        return self.groups[tag]
 
     def refine(self, radius: int, budget: float, reward: float = 0.0, singles: bool = False,
                roi_blocks: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         """k-d refinement of the blocks within ``radius`` (outside the ROI). Groups are taken breadth-first; each
         test costs ``draws``; testing goes on while the draws spent stay within ``budget`` plus ``reward`` per
-        block ruled out so far. With ``singles``, single blocks are tested alone (else they are left to the
-        caller), and with ``roi_blocks`` the ROI's own blocks are tested alone after the split.
+        block ruled out so far. Without ``singles`` single blocks are left to the caller (fast mode's coarse
+        draws settle them). With ``singles`` they are tested alone, and where the support is dense (a group that
+        changed has a sibling that changed too) the group goes straight to single blocks, skipping the splits
+        that would change anyway; with ``roi_blocks`` the ROI's own blocks are tested alone after the split.
 
-        A test asked before (by this job) is reused, but counts against the budget like a new one, so the
-        outcome does not depend on what ran before. Returns the blocks this refinement ruled out (bool,
+        A test asked before (by this job, or cached) is reused, but counts against the budget like a new one, so
+        the outcome does not depend on what ran before. Returns the blocks this refinement ruled out (bool,
         n_blocks) and a summary: tests asked, blocks ruled out."""
         root = np.flatnonzero((self.dist <= radius) & (self.dist > 0))
         # With a radius above 0 the root holds the ring just below it, already seen to change: split it untested.
-        queue = self._halves(root) if radius > 0 and root.size > 1 else [root]
-        if roi_blocks:
-            tail = [np.array([b]) for b in np.flatnonzero(self.dist == 0)]
+        if radius > 0 and root.size > 1:
+            a, b = self._halves(root)
+            queue = [(a, b), (b, a)]
         else:
-            tail = []
-        spent, ruled_out, asked, node = 0, 0, 0, 0
+            queue = [(root, None)]
+        tail = [(np.array([b]), None) for b in np.flatnonzero(self.dist == 0)] if roi_blocks else []
+        spent, ruled_out, asked = 0, 0, 0
         mask = np.zeros(self.dist.size, dtype=bool)
+        changed_of: dict[int, bool] = {}  # id(group) -> changed, for the dense rule
         while (queue or tail) and spent + self.draws <= budget + ruled_out * reward:
-            group = queue.pop(0) if queue else tail.pop(0)
-            if group.size == 0:
-                continue
-            if group.size == 1:
-                if not singles:
-                    continue  # a single block is settled by the caller
-                changed = self._test_alone(int(group[0]))
-            else:
-                node += 1
-                if node not in self.groups:
-                    self.groups[node] = self.eng.group_changed(Phase("kd", node), group, self.draws)
-                    self.tests_run += 1
-                changed = self.groups[node]
+            group, sibling = queue.pop(0) if queue else tail.pop(0)
+            if group.size == 0 or (group.size == 1 and not singles):
+                continue  # a single block is settled by the caller
+            changed = self.group_test(group)
+            changed_of[id(group)] = changed
             asked += 1
             spent += self.draws
             if not changed:
                 mask[group] = True
                 ruled_out += group.size
             elif group.size > 1:
-                queue += self._halves(group)
+                dense = singles and sibling is not None and changed_of.get(id(sibling), False)
+                if dense:
+                    queue += [(np.array([b]), None) for b in group]
+                else:
+                    a, b = self._halves(group)
+                    queue += [(a, b), (b, a)]
         self.kd_ruled_out |= mask
         return mask, {"tests": asked, "ruled_out": ruled_out}
+
+    def offenders(self, level: int, want: int, max_tests: int) -> list[int]:
+        """Find up to ``want`` blocks of the ring at ``level`` px (a ring known to change the ROI output) that
+        change it alone: a k-d split of the ring, depth first, recursing into groups that changed, single blocks
+        tested alone, at most ``max_tests`` group tests. Returns the blocks found (supported, tested alone)."""
+        ring = np.flatnonzero(self.dist == level)
+        found = [b for b, changed in self.alone.items() if changed and self.dist[b] == level]
+        queue = [ring] if ring.size else []
+        asked = 0
+        while queue and len(found) < want and asked < max_tests:
+            group = queue.pop(0)
+            if group.size == 1 and int(group[0]) in self.alone:
+                continue
+            asked += 1
+            if not self.group_test(group):
+                self.kd_ruled_out[group] = True
+            elif group.size == 1:
+                found.append(int(group[0]))
+            else:
+                queue = self._halves(group) + queue  # depth first: reach single blocks soon
+        return found
 
     # ------------------------------------------------------------------------------------ verdicts
     def verdicts(self) -> tuple[np.ndarray, np.ndarray]:

@@ -182,3 +182,32 @@ def colorbar_image(bound: float, vmin: float | None, vmax: float | None, width: 
 def colorbar_png(bound: float, vmin: float | None, vmax: float | None, width: int = 320) -> bytes:
     """PNG bytes of :func:`colorbar_image`."""
     return _png(colorbar_image(bound, vmin, vmax, width))
+
+
+#: Colours of the support panel: a block in the support (changes the ROI output), a block decided to have no
+#: effect, and a block not decided (a group that changed, never tested alone).
+SUPPORT_RGB = {"support": (84, 39, 143), "none": (255, 255, 255), "unresolved": (200, 200, 200)}
+
+
+def support_png(support: Any, resolved: Any = None, roi_mask: Any = None, cell: int | None = None) -> bytes:
+    """PNG bytes of a (rows, cols) support map: :data:`SUPPORT_RGB` colours per block (``resolved`` None: every
+    block decided), ROI blocks outlined."""
+    sup = np.asarray(support, dtype=bool)
+    if sup.ndim != 2 or sup.size == 0:
+        raise ValueError(f"expected a non-empty (rows, cols) support map, got shape {sup.shape}")
+    res = np.ones_like(sup) if resolved is None else np.asarray(resolved, dtype=bool)
+    if res.shape != sup.shape:
+        raise ValueError(f"resolved has shape {res.shape}; the support map has {sup.shape}")
+    rows, cols = sup.shape
+    cell = cell_size(rows, cols) if cell is None else int(cell)
+    rgb = np.empty(sup.shape + (3,), dtype=np.uint8)
+    rgb[...] = SUPPORT_RGB["unresolved"]
+    rgb[res & ~sup] = SUPPORT_RGB["none"]
+    rgb[sup] = SUPPORT_RGB["support"]
+    big = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
+    if roi_mask is not None:
+        m = np.asarray(roi_mask, dtype=bool)
+        if m.shape != sup.shape:
+            raise ValueError(f"roi_mask has shape {m.shape}; the support map has {sup.shape}")
+        _outline(big, m, cell)
+    return _png(Image.fromarray(big, mode="RGB"))

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .._io import atomic_write_text
-from .heatmap import _png, cell_size, colorbar_png, float_grid, heatmap_png, sequential_png
+from .heatmap import _png, cell_size, colorbar_png, float_grid, heatmap_png, sequential_png, support_png
 from .images import boxed_image, overlay_image
 
 TEMPLATE = "report.html.j2"
@@ -270,7 +270,76 @@ def _uncertainty_view(m: dict) -> dict | None:
     return {"rows": rows, "stderr_map": stderr_map, "stderr_max": _num(vmax, "{:.3g}", " dB")}
 
 
+def _support_view(m: dict) -> dict | None:
+    """The support panel of a map summary (None when it records no support grid)."""
+    grid = m.get("grid") or []
+    shape = (int(grid[0]), int(grid[1])) if len(grid) == 2 and all(isinstance(v, int) for v in grid) else None
+    sup = _grid(m.get("support"), shape, bool)
+    if sup is None:
+        return None
+    resolved = _grid(m.get("resolved"), sup.shape, bool)
+    roi = _grid(m.get("roi_mask"), sup.shape, bool)
+    n_unresolved = int((~resolved).sum()) if resolved is not None else 0
+    caption = (f"support: {int(sup.sum())} of {sup.size} blocks change the ROI output when replaced (purple; exact, "
+               "bit for bit); white: no effect")
+    if n_unresolved:
+        caption += (f"; grey: {n_unresolved} blocks not decided (their group changed the ROI output, none was "
+                    "tested alone)")
+    return {"image": _data_uri(support_png(sup, resolved, roi)), "caption": caption + "; ROI outlined"}
+
+
+def _support_stage_view(m: dict, index: int) -> dict:
+    """The view of a map of which only the support stage ran: the support panel and its numbers, no effects."""
+    s = m.get("settings") or {}
+    grid = m.get("grid") or ["?", "?"]
+    images, image_note = _image_views(m, None, None)
+    within, beyond = m.get("within_px"), m.get("beyond_within")
+    radius = m.get("support_radius_px")
+    numbers = [
+        ("support radius", _num(radius, unit=" px") if radius is not None else "not searched"),
+        ("base ROI PSNR", _num(m.get("base_psnr_db"), "{:.2f}", " dB")),
+    ]
+    if within is not None:
+        numbers.append((f"anything beyond {_num(within, '{:g}')} px", "yes" if beyond else "no"))
+    settings = [
+        ("task", s.get("task")),
+        ("seed", s.get("seed")),
+        ("draws per group test", s.get("draws")),
+        ("device", s.get("device")),
+        ("block size", _num(s.get("block_size"), unit=" px")),
+        ("ROI (top, left, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
+        ("forward passes", _num(m.get("forward_passes"))),
+        ("time", _num(m.get("wall_s"), "{:.2f}", " s")),
+        ("patch bank", ", ".join(f"{k} {v}" for k, v in sorted((m.get("patch_bank") or {}).items())) or "n/a"),
+    ]
+    return {
+        "stage": "support",
+        "title": f"map {index + 1}: {m.get('model') or 'model'} ({grid[0]}x{grid[1]} blocks), support stage only",
+        "stage_note": (f"Only the support stage ran: the properties of this test asked which blocks can change the "
+                       f"ROI output, which {_num(m.get('group_tests'))} group tests and "
+                       f"{_num(m.get('forward_passes'))} forward passes answered; no effect was estimated."),
+        "model": str(m.get("model") or ""),
+        "heatmap": None,
+        "colorbar": None,
+        "images": images,
+        "image_note": image_note,
+        "support": _support_view(m),
+        "chart": None,
+        "uncertainty": None,
+        "bound": "n/a",
+        "counts": [
+            ("in the support", _num(m.get("support_blocks"))),
+            ("decided", _num(m.get("resolved_blocks"))),
+            ("group tests", _num(m.get("group_tests"))),
+        ],
+        "numbers": numbers,
+        "settings": [(k, "n/a" if v is None else str(v)) for k, v in settings],
+    }
+
+
 def _map_view(m: dict, index: int) -> dict:
+    if m.get("stage") == "support":
+        return _support_stage_view(m, index)
     s = m.get("settings") or {}
     effect = m.get("effect_db")
     bound = m.get("display_bound_db")
@@ -296,8 +365,11 @@ def _map_view(m: dict, index: int) -> dict:
         ("patch bank", ", ".join(f"{k} {v}" for k, v in sorted((m.get("patch_bank") or {}).items())) or "n/a"),
     ]
     return {
+        "stage": "map",
         "title": f"map {index + 1}: {m.get('model') or 'model'} ({grid[0]}x{grid[1]} blocks)",
+        "stage_note": None,
         "model": str(m.get("model") or ""),
+        "support": _support_view(m),
         "heatmap": heatmap,
         "colorbar": colorbar,
         "images": images,
