@@ -52,6 +52,8 @@ def main(argv: list[str]) -> int:
     maps: dict = {}
     for test in results["tests"]:
         for m in test["maps"]:
+            if m.get("stage") == "support":
+                continue  # a receptive-field gate ran only the support stage: no effects to summarise
             key = (m["model"], m["settings"]["task"], list(m["settings"]["roi"]))
             k = json.dumps(key)
             # the same map is met once computed, then read back from --cem-cache-dir: keep the computed one
