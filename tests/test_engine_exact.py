@@ -178,11 +178,12 @@ def test_paper_procedure_counts(natural32):
     np.testing.assert_array_equal(res.n_samples, np.where(res.flagged, 6, 3))
     assert (np.abs(res.samples_db[~res.flagged][:, :3]) < 0.01).all()
     assert np.isnan(res.samples_db[~res.flagged][:, 3:]).all()
-    # draws + 2 validation forwards + 2 batches of 2 (batch-independence check) + one baseline per distinct batch size
+    # draws + the validation forward + 3 batches of 2 on a window (determinism and batch-independence checks) +
+    # one baseline per distinct batch size
     draws = nb * 3 + int(res.flagged.sum()) * 6
     sizes = {4} | ({(nb * 3) % 4} - {0}) | ({(int(res.flagged.sum()) * 6) % 4} - {0})
-    assert res.forward_passes == draws + 2 + 4 + sum(sizes)
-    assert res.pixels_processed == res.forward_passes * 32 * 32
+    assert res.forward_passes == draws + 1 + 6 + sum(sizes)
+    assert res.pixels_processed == (res.forward_passes - 6) * 32 * 32 + 6 * 32 * 32  # the window is the whole image
     # the effect is the mean of the estimating draws, zeroed below tol
     np.testing.assert_allclose(res.raw_effect, np.nanmean(res.samples_db, axis=2))
     finite = res.n_samples >= 2

@@ -17,7 +17,10 @@ from .options import FastOptions
 from .runner import is_oom
 
 
-def verified_crop(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tuple[Frame, dict[str, Any]]:
+def verified_crop(eng: Engine, candidates: np.ndarray, opts: FastOptions, cache=None) -> tuple[Frame, dict[str, Any]]:
+    """The frame of the bounding box of ``candidates`` (whole blocks) once verified, else the full input; and a
+    summary. The verdict is cached in ``cache`` (default: the map's cache)."""
+    cache = eng.cache if cache is None else cache
     b = eng.b
     r, c = np.divmod(np.flatnonzero(candidates), eng.grid.cols)
     y0, y1 = int(r.min()) * b, (int(r.max()) + 1) * b
@@ -27,11 +30,11 @@ def verified_crop(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tup
     frame = Frame(eng, y0, x0, y1 - y0, x1 - x0)
     box = [y0, x0, y1 - y0, x1 - x0]
     key = f"check-crop-{y0}-{x0}-{y1 - y0}-{x1 - x0}"
-    verdict = eng.cache.get_record(key)
+    verdict = cache.get_record(key)
     if verdict is None or not isinstance(verdict.get("crop_check"), str):
         verdict, cacheable = _crop_verdict(eng, frame, opts)
         if cacheable:
-            eng.cache.put_record(key, verdict)
+            cache.put_record(key, verdict)
     if verdict.get("exact"):
         return frame, {"crop": box, "crop_check": verdict["crop_check"]}
     return eng.full, {"crop": None, "crop_check": verdict["crop_check"]}

@@ -116,13 +116,15 @@ class Engine:
         return torch.randint(self.n_bank, shape, generator=g)
 
     def run(self, frame: Frame, phase: Phase, item_of_pair: np.ndarray, block_of_pair: np.ndarray,
-            patch_of_pair: torch.Tensor, n_items: int, local: "LocalDraws | None" = None) -> tuple[np.ndarray, np.ndarray]:
+            patch_of_pair: torch.Tensor, n_items: int, local: "LocalDraws | None" = None,
+            batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run ``n_items`` interventions in ``frame``; intervention i replaces the blocks of its pairs.
 
         Pairs (item, block, patch) are sorted by item. Returns per-item PSNR drops (float64, dB, relative to
         the same-shape baseline) and whether the ROI output changed at all. With ``local`` (single-block
         interventions only) the drops come from local evaluation (relative to its own baseline) and
-        ``changed`` is all False: callers must not derive ``support`` from it.
+        ``changed`` is all False: callers must not derive ``support`` from it. ``batch`` caps the images per
+        forward (default: the engine's batch size).
         """
         cache = self.cache_for(phase)
         drops = np.empty(n_items, dtype=np.float64)
@@ -151,7 +153,7 @@ class Engine:
             else:
                 cached = cache.get(str(phase), ci, i1 - i0, what)
             if cached is None:
-                cached = self._run_chunk(frame, phase, ci, *pairs, i1 - i0)
+                cached = self._run_chunk(frame, phase, ci, *pairs, i1 - i0, batch=batch)
                 cache.put(str(phase), ci, *cached, what=what)
             drops[i0:i1], changed[i0:i1] = cached
             self.bar.update(i1 - i0)
@@ -181,7 +183,7 @@ class Engine:
         x[items[:, None, None, None], self._chans, rows[:, None, :, None], cols[:, None, None, :]] = content
         return x
 
-    def _run_chunk(self, frame: Frame, phase: Phase, ci: int, items, blocks, patches, n: int):
+    def _run_chunk(self, frame: Frame, phase: Phase, ci: int, items, blocks, patches, n: int, batch: int | None = None):
         dev = self.device
         content, top, left = self.chunk_content(phase, ci, blocks, patches)
         items_t = torch.as_tensor(items, device=dev)
@@ -190,7 +192,7 @@ class Engine:
         pair_starts = np.searchsorted(items, np.arange(n + 1))
         s0 = 0
         while s0 < n:
-            B = min(self.batch_size, n - s0)
+            B = min(self.batch_size if batch is None else min(batch, self.batch_size), n - s0)
             p0, p1 = pair_starts[s0], pair_starts[s0 + B]
             x = self.intervened(frame, B, items_t[p0:p1] - s0, top[p0:p1], left[p0:p1], content[p0:p1])
             try:
@@ -228,13 +230,15 @@ class Engine:
         drops, changed = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws, local=local)
         return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws)
 
-    def group_changed(self, phase: Phase, group: np.ndarray, draws: int) -> bool:
-        """Whether a joint intervention on every block of ``group`` changed the ROI output in any of ``draws``."""
+    def group_changed(self, phase: Phase, group: np.ndarray, draws: int, frame: Frame | None = None) -> bool:
+        """Whether a joint intervention on every block of ``group`` changed the ROI output in any of ``draws``
+        (in ``frame``, default the full input). The draws run one image at a time: a verdict does not depend on
+        the batch shape, and the baseline of one image is the validation forward's, so it costs nothing."""
         k = len(group)
         items = np.repeat(np.arange(draws), k)
         blocks = np.tile(group, draws)
         patches = self.patch_ids(phase, (draws * k,))
-        _, changed = self.run(self.full, phase, items, blocks, patches, draws)
+        _, changed = self.run(frame or self.full, phase, items, blocks, patches, draws, batch=1)
         return bool(changed.any())
 
 

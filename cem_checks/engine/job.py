@@ -4,8 +4,8 @@
 keeps a job per map, so that a receptive-field assertion runs only the support stage and a later effect
 property runs the map on top of it, repeating no group test.
 
-Stages: *start* (once: validate the model on the degraded input, check determinism, the output range,
-reduced precision and batch independence, pick the batch size), *support* (:mod:`.support`) and *map*
+Stages: *start* (once: validate the model on the degraded input and its output range, check reduced precision,
+pick the batch size, check determinism and batch independence on a window of the input), *support* (:mod:`.support`) and *map*
 (:mod:`.paper` or :mod:`.fast`).
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from ..cache import ChunkCache
 from ..devices import resolve_device
-from ..errors import CEMInputError, ImageError, NondeterministicModelWarning, PrecisionWarning, ROIError
+from ..errors import CEMInputError, ImageError, PrecisionWarning, ROIError
 from ..grid import ROI
 from ..images import load_image
 from ..patches import load_patches
@@ -36,7 +36,7 @@ from .estimates import Estimates
 from .fast import fast_estimates
 from .options import CHUNK, FastOptions, check_common, check_int, check_map_settings
 from .paper import paper_estimates
-from .runner import ModelRunner, auto_batch_size, check_batch_independence, check_output_range, model_name
+from .runner import ModelRunner, auto_batch_size, check_model, check_output_range, model_name
 from .support import SupportSearch
 
 
@@ -147,7 +147,7 @@ class Job:
     @property
     def search(self) -> SupportSearch:
         if self._search is None:
-            self._search = SupportSearch(self.eng, self.fast.group_draws)
+            self._search = SupportSearch(self.eng, self.fast.group_draws, crop=self.fast)
         return self._search
 
     @property
@@ -173,19 +173,7 @@ class Job:
             return
         eng, runner, degraded = self.eng, self.runner, self.degraded
         first = eng.forward(degraded.clone(), " (validating the model on the degraded input)")
-        second = eng.forward(degraded.clone(), " (determinism check)")
         check_output_range(first, self.model)
-        deterministic = torch.equal(first, second)
-        if not deterministic:
-            diff = float((first - second).abs().max())
-            warnings.warn(
-                f"two identical forward passes of {model_name(self.model)} differ (max |diff| = {diff:.3g}); the model "
-                "is not deterministic, so `support` will mark blocks that cannot reach the ROI as supported and the "
-                "effects carry extra noise. Disable dropout or stochastic layers, or call "
-                "torch.use_deterministic_algorithms(True).",
-                NondeterministicModelWarning,
-                stacklevel=5,
-            )
         if self.precision != "fp32":
             runner.precision = "fp32"
             reference = eng.forward(degraded.clone(), " (fp32 reference for the precision check)")
@@ -202,10 +190,12 @@ class Job:
                 )
         B = auto_batch_size(runner, degraded) if self.batch_size_arg == "auto" else int(self.batch_size_arg)
         eng.batch_size = min(B, CHUNK)
-        if eng.batch_size > 1 and deterministic:
-            check_batch_independence(runner, degraded, eng.support_cache)
+        check_model(runner, degraded, eng.support_cache, batched=eng.batch_size > 1)
         self.first = first
-        self.base_psnr = float(eng.full.psnr(first[eng.full.sl])[0])
+        roi_out = first[eng.full.sl].clone()
+        # the validation forward is the baseline of a batch of one image (same shape, same values)
+        eng.full._baselines[1] = (roi_out, eng.full.psnr(roi_out))
+        self.base_psnr = float(eng.full._baselines[1][1][0])
         self.started = True
 
     def _common(self) -> dict[str, Any]:
@@ -265,7 +255,7 @@ class Job:
         meta = self._meta(self.eng.support_cache)
         meta["support_search"] = {"rings": {str(k): v for k, v in sorted(search.rings.items())},
                                   "kd_groups": len(search.groups), "alone": len(search.alone),
-                                  "tests_run": search.tests_run}
+                                  "tests_run": search.tests_run, "frame": dict(search.frame_info)}
         return SupportResult(
             support=support.reshape(shape), resolved=resolved.reshape(shape), roi_mask=self.eng.distance == 0,
             distance=self.eng.distance, radius_px=search.radius() if search.radius_known() else None,

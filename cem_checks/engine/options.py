@@ -57,7 +57,8 @@ class FastOptions:
 class Phase:
     """A phase of draws. Its text (``str``) names the phase's random streams and its cache files, so it is
     stable across versions: ``coarse``, ``fine`` (paper mode), ``fine@<look>`` (fast mode's sequential looks),
-    ``ring<d>`` (the group "every block farther than d px"), ``kd-<digest>`` (a group of the k-d split, named by
+    ``ring<d>`` (the group "every block farther than d px"; ``ring<d>-crop<y>-<x>-<h>-<w>`` in a verified crop),
+    ``kd-<digest>`` (a group of the k-d split, named by
     a digest of its blocks, so a group is the same test in any split that reaches it), ``kd-block<i>`` (block i
     tested alone), ``local-check``."""
 
@@ -66,15 +67,13 @@ class Phase:
     tag: str | None = None  # kd: the digest of the group's blocks
 
     def __str__(self) -> str:
-        if self.tag is not None:
-            return f"{self.kind}-{self.tag}"
         if self.index is None:
-            return self.kind
-        if self.kind == "fine":
-            return f"fine@{self.index}"
-        if self.kind == "kd-block":
-            return f"kd-block{self.index}"
-        return f"{self.kind}{self.index}"
+            text = self.kind
+        elif self.kind == "fine":
+            text = f"fine@{self.index}"
+        else:
+            text = f"{self.kind}{self.index}"
+        return text if self.tag is None else f"{text}-{self.tag}"
 
     def crn_stream(self, draw: int) -> str:
         """The stream of the ``draw``-th patch of every block under common random numbers (the same across the

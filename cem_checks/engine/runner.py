@@ -1,5 +1,6 @@
 """Calling the model: :class:`ModelRunner` (eval mode, device, counting, output validation) and the checks the
-engine makes of a model before its draws (output range, batch independence), and the automatic batch size."""
+engine makes of a model before its draws (output range, determinism, batch independence), and the automatic
+batch size."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import CEMError, CEMInputError, ModelError, OutputRangeWarning, describe_value
+from ..errors import CEMError, CEMInputError, ModelError, NondeterministicModelWarning, OutputRangeWarning, describe_value
 from .options import CHUNK, CPU_BATCH
 
-__all__ = ["ModelRunner", "auto_batch_size", "check_batch_independence", "check_output_range", "is_oom", "model_name"]
+__all__ = ["ModelRunner", "auto_batch_size", "check_model", "check_output_range", "is_oom", "model_name"]
 
 
 def model_name(model: Any) -> str:
@@ -179,31 +180,69 @@ def check_output_range(out: torch.Tensor, model: Any) -> None:
         )
 
 
-def check_batch_independence(runner: "ModelRunner", x: torch.Tensor, cache) -> None:
-    """Raise :class:`ModelError` when the output for one image depends on the other images of its batch.
+#: Side (px) of the window of the input that the model checks run on (:func:`check_model`).
+CHECK_WINDOW_PX = 32
 
-    The engine batches interventions and compares each image's ROI output with a baseline batch, so a model
-    whose output couples the images of a batch (BatchNorm in training mode, batch statistics) gives a wrong
-    support and wrong effects. The test: the baseline image next to a copy of itself, and next to a different
-    image (the input at half brightness), in batches of the same shape; its output must be bit-identical.
-    The verdict is cached (``cache``, a :class:`~cem_checks.cache.ChunkCache`) with the run's other checks.
+
+def _verdict(runner: "ModelRunner", x: torch.Tensor, batched: bool) -> tuple[float, float]:
+    """(max |diff| of two identical calls, max |diff| of an image's output when its batch mate changes; 0 when
+    not ``batched``): the image next to a copy of itself (twice) and next to a different image (the same at half
+    brightness)."""
+    x = x.contiguous()
+    if not batched:
+        a = runner(x.clone(), " (determinism check)")
+        c = runner(x.clone(), " (determinism check)")
+        return float((a - c).abs().max()), 0.0
+    a = runner(x.expand(2, -1, -1, -1).clone(), " (determinism and batch-independence check)")
+    b = runner(torch.cat([x, x * 0.5]), " (batch-independence check)")
+    c = runner(x.expand(2, -1, -1, -1).clone(), " (determinism check)")
+    return float((a - c).abs().max()), float((a[0] - b[0]).abs().max())
+
+
+def check_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool) -> bool:
+    """Check, on a window of at most :data:`CHECK_WINDOW_PX` px of the input ``x`` (the whole input when the
+    model cannot run on the window), that the model is deterministic (else a
+    :class:`~cem_checks.errors.NondeterministicModelWarning`; returns False) and, when the engine batches images
+    (``batched``), that an image's output does not depend on the other images of its batch (else a
+    :class:`ModelError` naming the cause and the fix).
+
+    The engine compares each intervened image's ROI output bit for bit with a baseline, so a nondeterministic
+    model marks blocks that cannot reach the ROI as supported, and a model that couples the images of a batch
+    (BatchNorm in training mode, batch statistics) gives a wrong support and wrong effects. A window shows both
+    as well as the whole input does, for a fraction of the cost. A passing verdict is cached in ``cache`` (a
+    :class:`~cem_checks.cache.ChunkCache`) with the run's other checks.
     """
-    record = cache.get_record("check-batch-independence")
-    if record is not None and record.get("independent") is True:
-        return
-    same = runner(x.expand(2, -1, -1, -1).clone(), " (batch-independence check)")
-    mixed = runner(torch.cat([x, x * 0.5]), " (batch-independence check)")
-    diff = float((same[0] - mixed[0]).abs().max())
-    if diff != 0.0:
+    record = cache.get_record("check-model")
+    if record is not None and record.get("deterministic") is True and (record.get("batch_independent") or not batched):
+        return True
+    window = x[..., : min(x.shape[-2], CHECK_WINDOW_PX), : min(x.shape[-1], CHECK_WINDOW_PX)]
+    try:
+        nondet, coupled = _verdict(runner, window, batched)
+    except ModelError:
+        if window.shape == x.shape:
+            raise
+        nondet, coupled = _verdict(runner, x, batched)
+    if nondet != 0.0:
+        warnings.warn(
+            f"two identical forward passes of {model_name(runner.model)} differ (max |diff| = {nondet:.3g}); the model "
+            "is not deterministic, so `support` will mark blocks that cannot reach the ROI as supported and the "
+            "effects carry extra noise. Disable dropout or stochastic layers, or call "
+            "torch.use_deterministic_algorithms(True).",
+            NondeterministicModelWarning,
+            stacklevel=5,
+        )
+        return False
+    if coupled != 0.0:
         raise ModelError(
             f"the output of {model_name(runner.model)} for an image depends on the other images of its batch: the "
-            f"baseline's output changed by up to {diff:.3g} when the second image of a batch of 2 was replaced. "
+            f"output of an image changed by up to {coupled:.3g} when the second image of a batch of 2 was replaced. "
             "Batched interventions would then give a wrong support and wrong effects. Typical cause: BatchNorm (or "
             "another layer using batch statistics) in training mode, e.g. an nn.Module wrapped in a function, which "
             "the engine cannot put in eval mode. Fix: call model.eval() before wrapping it (or pass the nn.Module "
             "itself), or pass batch_size=1."
         )
-    cache.put_record("check-batch-independence", {"independent": True, "batch": 2})
+    cache.put_record("check-model", {"deterministic": True, "batch_independent": batched or None})
+    return True
 
 
 def auto_batch_size(runner: ModelRunner, x: torch.Tensor) -> int:

@@ -6,7 +6,9 @@ changed, no block of the group can change the ROI output: each is outside the su
 
 - *Rings.* The group "every block farther than d px from the ROI" (:meth:`SupportSearch.beyond`) answers
   "does anything beyond d px change the ROI output?" in one test. A binary search over d
-  (:meth:`SupportSearch.radius`) finds the support radius: the farthest ring that changes it.
+  (:meth:`SupportSearch.radius`) finds the support radius: the farthest ring that changes it. Once a ring is
+  shown not to change it, the further tests run in a verified crop of the blocks within that ring (the
+  verified crop of :mod:`.crop`), at a fraction of the cost of the full input.
 - *k-d refinement* (:meth:`SupportSearch.refine`). The blocks within the radius are split in halves along the
   longer side of their bounding box, recursing into halves that changed, down to single blocks (tested alone
   when asked), within a budget of draws.
@@ -27,15 +29,20 @@ from typing import Any
 
 import numpy as np
 
-from .draws import Engine
-from .options import Phase
+from .crop import verified_crop
+from .draws import Engine, Frame
+from .options import FastOptions, Phase
 
 
 class SupportSearch:
     """Group tests over the full input of one job, remembered across stages (see the module docstring)."""
 
-    def __init__(self, eng: Engine, draws: int):
+    def __init__(self, eng: Engine, draws: int, crop: FastOptions | None = None):
         self.eng, self.draws = eng, draws
+        self.crop = crop  # FastOptions whose crop_atol verifies crops; None: every test on the full input
+        self.frame: Frame = eng.full
+        self.in_frame = np.ones(eng.grid.n_blocks, dtype=bool)
+        self.frame_info: dict[str, Any] = {"crop": None, "crop_check": "not needed"}
         self.dist = eng.distance.ravel()
         self.levels = np.unique(self.dist)
         self.rings: dict[int, bool] = {}  # ring level d -> did "farther than d px" change the ROI output
@@ -57,10 +64,35 @@ class SupportSearch:
             return False  # nothing beyond the farthest ring
         level = int(self.levels[k])
         if level not in self.rings:
-            group = np.flatnonzero(self.dist > level)
-            self.rings[level] = self.eng.group_changed(Phase("ring", level), group, self.draws)
-            self.tests_run += 1
+            self._narrow()
+            # blocks outside the frame are known not to change the ROI output (the frame is a verified crop)
+            group = np.flatnonzero((self.dist > level) & self.in_frame)
+            self.rings[level] = bool(group.size) and self.eng.group_changed(
+                Phase("ring", level, tag=self._frame_tag()), group, self.draws, self.frame)
+            self.tests_run += bool(group.size)
         return self.rings[level]
+
+    def _frame_tag(self) -> str | None:
+        f = self.frame
+        return None if f is self.eng.full else f"crop{f.y0}-{f.x0}-{f.h}-{f.w}"
+
+    def _narrow(self) -> None:
+        """Before a test: when a ring showed that nothing beyond d px changes the ROI output, run the test in a
+        verified crop of the blocks within d px (a rectangle: the Chebyshev neighbourhood of the ROI footprint)
+        (:mod:`.crop`); the verdicts are those of the full input, at a fraction of the cost. After a crop fails
+        its check, the search stays on the full input."""
+        quiet = [level for level, changed in self.rings.items() if not changed]
+        if self.crop is None or not self.crop.crop or not quiet:
+            return
+        inside = self.dist <= min(quiet)
+        if inside.all() or not (self.in_frame & ~inside).any():
+            return
+        frame, info = verified_crop(self.eng, inside, self.crop, cache=self.eng.support_cache)
+        self.frame_info = info
+        if frame is self.eng.full:
+            self.crop = None  # the model's output on a crop differs (or it cannot run on one): stay on the input
+        else:
+            self.frame, self.in_frame = frame, inside
 
     def _bounds(self) -> tuple[int, int]:
         """Indices (lo, hi) of the ring levels between which the radius lies, from the rings asked so far."""
@@ -75,8 +107,15 @@ class SupportSearch:
 
     def radius(self) -> int:
         """The support radius (input px): the distance of the farthest ring that changes the ROI output, by a
-        binary search over the ring levels (starting from what earlier stages established)."""
+        binary search over the ring levels (starting from what earlier stages established). When a quiet ring
+        bounds the radius (a receptive-field bound asked before), the ring just inside it is probed first: a
+        model that uses its receptive field up to the bound is then settled in one test."""
         lo, hi = self._bounds()
+        if lo < hi < len(self.levels) - 1:
+            if self.beyond(int(self.levels[hi - 1])):
+                lo = hi
+            else:
+                hi -= 1
         while lo < hi:
             mid = (lo + hi) // 2
             if self.beyond(int(self.levels[mid])):
@@ -111,13 +150,18 @@ class SupportSearch:
         if group.size == 1:
             block = int(group[0])
             if block not in self.alone:
-                self.alone[block] = self.eng.group_changed(Phase("kd-block", block), group, self.draws)
+                self._narrow()
+                self.alone[block] = self.eng.group_changed(Phase("kd-block", block, tag=self._frame_tag()), group,
+                                                           self.draws, self.frame)
                 self.tests_run += 1
             return self.alone[block]
         ids = np.sort(group).astype(np.int64)
         tag = hashlib.sha256(ids.tobytes()).hexdigest()[:16]
         if tag not in self.groups:
-            self.groups[tag] = self.eng.group_changed(Phase("kd", tag=tag), ids, self.draws)
+            self._narrow()
+            frame_tag = self._frame_tag()
+            self.groups[tag] = self.eng.group_changed(Phase("kd", tag=tag if frame_tag is None else f"{tag}-{frame_tag}"),
+                                                      ids, self.draws, self.frame)
             self.tests_run += 1
         return self.groups[tag]
 
