@@ -183,7 +183,7 @@ def test_paper_procedure_counts(natural32):
     draws = nb * 3 + int(res.flagged.sum()) * 6
     sizes = {4} | ({(nb * 3) % 4} - {0}) | ({(int(res.flagged.sum()) * 6) % 4} - {0})
     assert res.forward_passes == draws + 1 + 6 + sum(sizes)
-    assert res.pixels_processed == (res.forward_passes - 6) * 32 * 32 + 6 * 32 * 32  # the window is the whole image
+    assert res.pixels_processed == (res.forward_passes - 6) * 32 * 32 + 6 * 16 * 16  # 6 on the checks' window
     # the effect is the mean of the estimating draws, zeroed below tol
     np.testing.assert_allclose(res.raw_effect, np.nanmean(res.samples_db, axis=2))
     finite = res.n_samples >= 2

@@ -79,7 +79,7 @@ def test_within_answers_whether_anything_beyond_changes_the_roi_in_one_group_tes
         farthest = r >= d.max()
         assert tests == (0 if farthest else 1)
         # the validation forward (also the baseline of the ring test's draws, run one image at a time), 6 on a
-        # 32x32 window for the determinism and batch-independence checks, the ring test's 3 draws
+        # 16x16 window for the determinism and batch-independence checks, the ring test's 3 draws
         assert res.forward_passes == len(counting.seen) == 7 + (0 if farthest else 3)
         assert not res.support.any()
         assert res.resolved[d > r].all() != res.beyond_within or farthest

@@ -180,8 +180,9 @@ def check_output_range(out: torch.Tensor, model: Any) -> None:
         )
 
 
-#: Side (px) of the window of the input that the model checks run on (:func:`check_model`).
-CHECK_WINDOW_PX = 32
+#: Sides (px) of the windows of the input that the model checks try in turn (:func:`check_model`): a model with
+#: size requirements (a multiple of 32, a minimum size) that refuses the first gets the next, then the input.
+CHECK_WINDOWS_PX = (16, 64)
 
 
 def _verdict(runner: "ModelRunner", x: torch.Tensor, batched: bool) -> tuple[float, float]:
@@ -200,8 +201,8 @@ def _verdict(runner: "ModelRunner", x: torch.Tensor, batched: bool) -> tuple[flo
 
 
 def check_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool) -> bool:
-    """Check, on a window of at most :data:`CHECK_WINDOW_PX` px of the input ``x`` (the whole input when the
-    model cannot run on the window), that the model is deterministic (else a
+    """Check, on a small window of the input ``x`` (:data:`CHECK_WINDOWS_PX`; the whole input when the model
+    runs on no window), that the model is deterministic (else a
     :class:`~cem_checks.errors.NondeterministicModelWarning`; returns False) and, when the engine batches images
     (``batched``), that an image's output does not depend on the other images of its batch (else a
     :class:`ModelError` naming the cause and the fix).
@@ -215,13 +216,14 @@ def check_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool) ->
     record = cache.get_record("check-model")
     if record is not None and record.get("deterministic") is True and (record.get("batch_independent") or not batched):
         return True
-    window = x[..., : min(x.shape[-2], CHECK_WINDOW_PX), : min(x.shape[-1], CHECK_WINDOW_PX)]
-    try:
-        nondet, coupled = _verdict(runner, window, batched)
-    except ModelError:
-        if window.shape == x.shape:
-            raise
-        nondet, coupled = _verdict(runner, x, batched)
+    windows = [x[..., : min(x.shape[-2], s), : min(x.shape[-1], s)] for s in CHECK_WINDOWS_PX]
+    for window in [w for w in windows if w.shape != x.shape] + [x]:
+        try:
+            nondet, coupled = _verdict(runner, window, batched)
+            break
+        except ModelError:
+            if window is x:
+                raise
     if nondet != 0.0:
         warnings.warn(
             f"two identical forward passes of {model_name(runner.model)} differ (max |diff| = {nondet:.3g}); the model "
