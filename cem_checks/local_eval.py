@@ -350,6 +350,18 @@ def build_plan(model: Any) -> tuple[LocalPlan | None, str]:
     return LocalPlan(gm, ops), "ok"
 
 
+def traced_reach(model: Any, hw: tuple[int, int], roi: Box) -> tuple[Box | None, str]:
+    """The box of the (h, w) input that the ROI output (box ``roi``, input px of a same-resolution model) can
+    depend on at all, from the traced graph: every input pixel outside it is beyond the reach of every path to
+    the ROI (the halos of the convolutions, clipped to the map), so it cannot change the ROI output. Returns
+    ``(box, "ok")``, or ``(None, reason)`` when :func:`build_plan` refuses the model."""
+    plan, why = build_plan(model)
+    if plan is None:
+        return None, why
+    H, W = hw
+    return plan.schedule((0, H, 0, W), roi, hw)[0], "ok"
+
+
 class FrameEvaluator:
     """Local evaluation of single-block interventions in one frame (a window of the model input).
 

@@ -255,12 +255,13 @@ class Job:
         meta = self._meta(self.eng.support_cache)
         meta["support_search"] = {"rings": {str(k): v for k, v in sorted(search.rings.items())},
                                   "kd_groups": len(search.groups), "alone": len(search.alone),
-                                  "tests_run": search.tests_run, "frame": dict(search.frame_info)}
+                                  "tests_run": search.tests_run, "frame": dict(search.frame_info),
+                                  "reach": search.reach_info}
         return SupportResult(
             support=support.reshape(shape), resolved=resolved.reshape(shape), roi_mask=self.eng.distance == 0,
             distance=self.eng.distance, radius_px=search.radius() if search.radius_known() else None,
             draws=search.draws, base_psnr=self.base_psnr, within_px=None if within is None else float(within), beyond_within=beyond,
-            group_tests=len(search.rings) + len(search.groups) + len(search.alone), meta=meta, **self._common(),
+            group_tests=search.group_tests, meta=meta, **self._common(),
         )
 
     def map(self) -> CEMResult:

@@ -9,6 +9,10 @@ changed, no block of the group can change the ROI output: each is outside the su
   (:meth:`SupportSearch.radius`) finds the support radius: the farthest ring that changes it. Once a ring is
   shown not to change it, the further tests run in a verified crop of the blocks within that ring (the
   verified crop of :mod:`.crop`), at a fraction of the cost of the full input.
+- *The traced reach.* For a same-resolution model that :func:`cem_checks.local_eval.build_plan` traces (local
+  operations only), the graph itself says which input box the ROI output reads (each convolution's halo): a
+  block outside it cannot change the ROI output (exactly, without a test), and the tests run in a verified
+  crop of the blocks inside it. A ring wholly outside needs no test.
 - *k-d refinement* (:meth:`SupportSearch.refine`). The blocks within the radius are split in halves along the
   longer side of their bounding box, recursing into halves that changed, down to single blocks (tested alone
   when asked), within a budget of draws.
@@ -43,9 +47,12 @@ class SupportSearch:
         self.frame: Frame = eng.full
         self.in_frame = np.ones(eng.grid.n_blocks, dtype=bool)
         self.frame_info: dict[str, Any] = {"crop": None, "crop_check": "not needed"}
+        self._reach: np.ndarray | None = None  # blocks the traced graph lets reach the ROI output (all when untraced)
+        self.reach_info = "not traced"
         self.dist = eng.distance.ravel()
         self.levels = np.unique(self.dist)
         self.rings: dict[int, bool] = {}  # ring level d -> did "farther than d px" change the ROI output
+        self.settled_rings: set[int] = set()  # rings the traced graph settled without a test
         self.groups: dict[str, bool] = {}  # k-d group (digest of its blocks) -> changed
         self.alone: dict[int, bool] = {}  # block tested alone -> changed
         self.kd_ruled_out = np.zeros(self.dist.size, dtype=bool)  # blocks in a k-d group (or alone) that never changed
@@ -65,12 +72,41 @@ class SupportSearch:
         level = int(self.levels[k])
         if level not in self.rings:
             self._narrow()
+            if not (self.reach & (self.dist > level)).any():  # the traced graph settles it: no path from there
+                self.rings[level] = False
+                self.settled_rings.add(level)
+                return False
             # blocks outside the frame are known not to change the ROI output (the frame is a verified crop)
             group = np.flatnonzero((self.dist > level) & self.in_frame)
             self.rings[level] = bool(group.size) and self.eng.group_changed(
                 Phase("ring", level, tag=self._frame_tag()), group, self.draws, self.frame)
             self.tests_run += bool(group.size)
         return self.rings[level]
+
+    @property
+    def reach(self) -> np.ndarray:
+        """(n_blocks,) bool: the blocks that can reach the ROI output through the model's traced graph (for a
+        same-resolution model that :func:`cem_checks.local_eval.build_plan` accepts: each convolution's halo,
+        clipped to the map); every block when the model cannot be traced. A block outside is resolved: no
+        path of the graph leads from it to the ROI, so its effect is exactly 0 without a test."""
+        if self._reach is None:
+            self._reach = np.ones(self.dist.size, dtype=bool)
+            eng = self.eng
+            if eng.scale == 1 and self.crop is not None and self.crop.crop:
+                from ..local_eval import traced_reach
+
+                roi = eng.roi
+                box, why = traced_reach(eng.runner.model, (eng.grid.height, eng.grid.width),
+                                        (roi.y, roi.y + roi.size, roi.x, roi.x + roi.size))
+                if box is None:
+                    self.reach_info = f"not traced: {why}"
+                else:
+                    y0, y1, x0, x1 = box
+                    b = eng.b
+                    r, c = np.divmod(np.arange(self.dist.size), eng.grid.cols)
+                    self._reach = (r * b < y1) & ((r + 1) * b > y0) & (c * b < x1) & ((c + 1) * b > x0)
+                    self.reach_info = f"traced: the ROI output reads the input box (y {y0}:{y1}, x {x0}:{x1})"
+        return self._reach
 
     def _frame_tag(self) -> str | None:
         f = self.frame
@@ -81,10 +117,10 @@ class SupportSearch:
         verified crop of the blocks within d px (a rectangle: the Chebyshev neighbourhood of the ROI footprint)
         (:mod:`.crop`); the verdicts are those of the full input, at a fraction of the cost. After a crop fails
         its check, the search stays on the full input."""
-        quiet = [level for level, changed in self.rings.items() if not changed]
-        if self.crop is None or not self.crop.crop or not quiet:
+        if self.crop is None or not self.crop.crop:
             return
-        inside = self.dist <= min(quiet)
+        quiet = [level for level, changed in self.rings.items() if not changed]
+        inside = self.reach & (self.dist <= min(quiet) if quiet else True)
         if inside.all() or not (self.in_frame & ~inside).any():
             return
         frame, info = verified_crop(self.eng, inside, self.crop, cache=self.eng.support_cache)
@@ -130,7 +166,13 @@ class SupportSearch:
 
     @property
     def ring_tests(self) -> int:
-        return len(self.rings)
+        """Ring tests asked (run or reused; not those the traced graph settled)."""
+        return len(self.rings) - len(self.settled_rings)
+
+    @property
+    def group_tests(self) -> int:
+        """Distinct group tests asked by this search (run, or reused from the cache)."""
+        return self.ring_tests + len(self.groups) + len(self.alone)
 
     # ------------------------------------------------------------------------------------ k-d split
     def _halves(self, group: np.ndarray) -> list[np.ndarray]:
@@ -235,7 +277,7 @@ class SupportSearch:
         """``(support, resolved)`` bool arrays (n_blocks,): a block is *resolved* when a test decided it on its
         own (tested alone) or ruled it out with its group (a ring or k-d group that never changed); it is in
         the *support* when it changed the ROI output tested alone."""
-        resolved = self.kd_ruled_out.copy()
+        resolved = self.kd_ruled_out | ~self.reach
         for level, changed in self.rings.items():
             if not changed:
                 resolved |= self.dist > level
