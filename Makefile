@@ -43,6 +43,7 @@ train: setup
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py --estimate-paper dncnn256
+	$(PY) benchmarks/bench_support.py
 	$(PY) benchmarks/bench_precision.py --size 32
 
 setup-spandrel: $(SPANDREL_VENV)/.installed
