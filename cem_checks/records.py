@@ -142,6 +142,19 @@ def map_images(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> d
     }
 
 
+def _summary_head(result: CEMResult | SupportResult, stage: str) -> dict[str, Any]:
+    """The first entries of a map or support summary: stage, model, settings, grid, shapes, base PSNR."""
+    return {
+        "stage": stage,
+        "model": result.model,
+        "settings": run_settings(result),
+        "grid": [result.rows, result.cols],
+        "input_shape": list(result.input_shape),
+        "output_shape": list(result.output_shape),
+        "base_psnr_db": result.base_psnr,
+    }
+
+
 def map_summary(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> dict[str, Any]:
     """A JSON-safe summary of ``result``: settings, grid, base PSNR (dB), effect range (dB), block counts, support
     radius (input px), cost, and for drawing it the per-block effect (dB), the ROI mask, the display bound, the
@@ -154,13 +167,7 @@ def map_summary(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> 
     stderr = np.round(np.asarray(result.stderr, dtype=np.float64), EFFECT_DECIMALS)
     return _json_safe(
         {
-            "stage": "map",
-            "model": result.model,
-            "settings": run_settings(result),
-            "grid": [result.rows, result.cols],
-            "input_shape": list(result.input_shape),
-            "output_shape": list(result.output_shape),
-            "base_psnr_db": result.base_psnr,
+            **_summary_head(result, "map"),
             "effect_min_db": float(result.effect.min()),
             "effect_max_db": float(result.effect.max()),
             "positive_blocks": c.positive,
@@ -194,13 +201,7 @@ def support_summary(result: SupportResult, max_image_px: int = DEFAULT_MAX_IMAGE
         raise CEMInputError(f"result {describe_value(result)} is not a SupportResult; pass compute_support()'s value.")
     return _json_safe(
         {
-            "stage": "support",
-            "model": result.model,
-            "settings": run_settings(result),
-            "grid": [result.rows, result.cols],
-            "input_shape": list(result.input_shape),
-            "output_shape": list(result.output_shape),
-            "base_psnr_db": result.base_psnr,
+            **_summary_head(result, "support"),
             "support_radius_px": result.radius_px,
             "within_px": result.within_px,
             "beyond_within": result.beyond_within,

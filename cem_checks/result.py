@@ -79,6 +79,74 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def _record(result: Any, header: dict[str, Any]) -> dict[str, Any]:
+    """``header`` plus every field of the dataclass ``result`` (JSON-safe; the images left out) and ``has_images``."""
+    rec: dict[str, Any] = dict(header)
+    for f in fields(result):
+        if f.name in IMAGE_FIELDS:
+            continue
+        v = getattr(result, f.name)
+        rec[f.name] = list(v.as_tuple()) if isinstance(v, ROI) else _json_safe(v)
+    rec["has_images"] = result.input_image is not None and result.output_image is not None
+    return rec
+
+
+def _block_frame(result: Any, columns: dict[str, np.ndarray]):
+    """A tidy pandas DataFrame of ``result``'s blocks (row-major): position, distance, ROI membership, ``columns``."""
+    import pandas as pd
+
+    rows, cols = np.divmod(np.arange(result.rows * result.cols), result.cols)
+    b = result.block_size
+    base = {
+        "row": rows.astype(np.int64),
+        "col": cols.astype(np.int64),
+        "top_px": (rows * b).astype(np.int64),
+        "left_px": (cols * b).astype(np.int64),
+        "distance_px": result.distance.ravel().astype(np.int64),
+        "in_roi": result.roi_mask.ravel().astype(bool),
+    }
+    return pd.DataFrame({**base, **{k: np.asarray(v).ravel() for k, v in columns.items()}})
+
+
+def _save(result: Any, path: str | os.PathLike, array_fields: tuple[str, ...], header: dict[str, Any]) -> Path:
+    """Write ``result`` to an ``.npz`` (its arrays, its images when present, a JSON ``__meta__`` entry; no pickle)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in array_fields + IMAGE_FIELDS}
+    meta.update({"roi": list(result.roi.as_tuple()), **header})
+    arrays = {name: getattr(result, name) for name in array_fields}
+    arrays.update({name: getattr(result, name) for name in IMAGE_FIELDS if getattr(result, name) is not None})
+    return atomic_write(
+        path, lambda fh: np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
+    )
+
+
+def _load(path: str | os.PathLike, array_fields: tuple[str, ...], noun: str, what: str) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of an ``.npz`` written by :func:`_save`; :class:`CEMInputError` naming ``noun`` (e.g. "CEM
+    result") and ``what`` (the class that writes it) when the file is missing or not such a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CEMInputError(f"no {noun} file at {str(path)!r}; pass the path written by {what}.save().")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            arrays = {name: data[name] for name in array_fields}
+            arrays.update({name: data[name] for name in IMAGE_FIELDS if name in data.files})
+    except (KeyError, ValueError, OSError) as exc:
+        raise CEMInputError(f"{str(path)!r} is not a {noun} file written by {what}.save(): {exc}.") from exc
+    return meta, arrays
+
+
+def _check_version(meta: dict, path: Any, recompute: str) -> None:
+    version = meta.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise CEMInputError(
+            f"{str(path)!r} has result format version {version!r}; this cem_checks reads version {FORMAT_VERSION}. "
+            f"Recompute {recompute} with this version."
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class CEMResult:
     """A causal effect map over the blocks of the model input. Arrays are read-only numpy arrays.
@@ -259,75 +327,34 @@ class CEMResult:
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe dict of every field (arrays as nested lists, NaN/inf as None) except the images, which are
         left out (pixels); ``has_images`` says whether the result carries them."""
-        rec: dict[str, Any] = {"format_version": FORMAT_VERSION}
-        for f in fields(self):
-            if f.name in IMAGE_FIELDS:
-                continue
-            v = getattr(self, f.name)
-            rec[f.name] = list(v.as_tuple()) if isinstance(v, ROI) else _json_safe(v)
-        rec["has_images"] = self.input_image is not None and self.output_image is not None
-        return rec
+        return _record(self, {"format_version": FORMAT_VERSION})
 
     def to_frame(self):
         """A tidy pandas DataFrame, one row per block (row-major), with units in the column names."""
-        import pandas as pd
-
-        rows, cols = np.divmod(np.arange(self.rows * self.cols), self.cols)
-        b = self.block_size
-        return pd.DataFrame(
-            {
-                "row": rows.astype(np.int64),
-                "col": cols.astype(np.int64),
-                "top_px": (rows * b).astype(np.int64),
-                "left_px": (cols * b).astype(np.int64),
-                "distance_px": self.distance.ravel().astype(np.int64),
-                "in_roi": self.roi_mask.ravel().astype(bool),
-                "effect_db": self.effect.ravel().astype(np.float64),
-                "raw_effect_db": self.raw_effect.ravel().astype(np.float64),
-                "stderr_db": self.stderr.ravel().astype(np.float64),
-                "ci_low_db": self.ci_low.ravel().astype(np.float64),
-                "ci_high_db": self.ci_high.ravel().astype(np.float64),
-                "n_samples": self.n_samples.ravel().astype(np.int64),
-                "support": self.support.ravel().astype(bool),
-                "flagged": self.flagged.ravel().astype(bool),
-            }
-        )
+        return _block_frame(self, {
+            "effect_db": self.effect.astype(np.float64),
+            "raw_effect_db": self.raw_effect.astype(np.float64),
+            "stderr_db": self.stderr.astype(np.float64),
+            "ci_low_db": self.ci_low.astype(np.float64),
+            "ci_high_db": self.ci_high.astype(np.float64),
+            "n_samples": self.n_samples.astype(np.int64),
+            "support": self.support.astype(bool),
+            "flagged": self.flagged.astype(bool),
+        })
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to ``path`` (``.npz``: the arrays, the images when present, and a JSON ``meta`` entry;
         no pickle)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ARRAY_FIELDS + IMAGE_FIELDS}
-        meta["roi"] = list(self.roi.as_tuple())
-        meta["format_version"] = FORMAT_VERSION
-        arrays = {name: getattr(self, name) for name in ARRAY_FIELDS}
-        arrays.update({name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None})
-        return atomic_write(
-            path, lambda fh: np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
-        )
+        return _save(self, path, ARRAY_FIELDS, {"format_version": FORMAT_VERSION})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CEMResult":
         """Read a result written by :meth:`save` (files written without images load with ``input_image`` and
         ``output_image`` None)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CEMInputError(f"no CEM result file at {str(path)!r}; pass the path written by CEMResult.save().")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {name: data[name] for name in ARRAY_FIELDS}
-                arrays.update({name: data[name] for name in IMAGE_FIELDS if name in data.files})
-        except (KeyError, ValueError, OSError) as exc:
-            raise CEMInputError(f"{str(path)!r} is not a CEM result file written by CEMResult.save(): {exc}.") from exc
-        version = meta.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise CEMInputError(
-                f"{str(path)!r} has result format version {version!r}; this cem_checks reads version {FORMAT_VERSION}. "
-                "Recompute the map with this version."
-            )
+        meta, arrays = _load(path, ARRAY_FIELDS, "CEM result", "CEMResult")
+        if meta.get("format") == SUPPORT_FORMAT:
+            raise CEMInputError(f"{str(path)!r} is a support result; load it with SupportResult.load().")
+        _check_version(meta, path, "the map")
         meta["roi"] = ROI(*meta["roi"])
         for key in ("base_psnr", "wall_s", "tol_db"):
             if meta.get(key) is None:
@@ -447,69 +474,30 @@ class SupportResult:
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe dict of every field (arrays as nested lists) except the images; ``has_images`` says
         whether the result carries them."""
-        rec: dict[str, Any] = {"format": SUPPORT_FORMAT, "format_version": FORMAT_VERSION}
-        for f in fields(self):
-            if f.name in IMAGE_FIELDS:
-                continue
-            v = getattr(self, f.name)
-            rec[f.name] = list(v.as_tuple()) if isinstance(v, ROI) else _json_safe(v)
-        rec["has_images"] = self.input_image is not None and self.output_image is not None
-        return rec
+        return _record(self, {"format": SUPPORT_FORMAT, "format_version": FORMAT_VERSION})
 
     def to_frame(self):
         """A tidy pandas DataFrame, one row per block (row-major), with units in the column names."""
-        import pandas as pd
-
-        rows, cols = np.divmod(np.arange(self.rows * self.cols), self.cols)
-        b = self.block_size
-        return pd.DataFrame(
-            {
-                "row": rows.astype(np.int64),
-                "col": cols.astype(np.int64),
-                "top_px": (rows * b).astype(np.int64),
-                "left_px": (cols * b).astype(np.int64),
-                "distance_px": self.distance.ravel().astype(np.int64),
-                "in_roi": self.roi_mask.ravel().astype(bool),
-                "support": self.support.ravel().astype(bool),
-                "resolved": self.resolved.ravel().astype(bool),
-            }
-        )
+        return _block_frame(self, {"support": self.support.astype(bool), "resolved": self.resolved.astype(bool)})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to ``path`` (``.npz``: the arrays, the images when present, and a JSON ``meta`` entry;
         no pickle)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SUPPORT_ARRAY_FIELDS + IMAGE_FIELDS}
-        meta.update({"roi": list(self.roi.as_tuple()), "format": SUPPORT_FORMAT, "format_version": FORMAT_VERSION})
-        arrays = {name: getattr(self, name) for name in SUPPORT_ARRAY_FIELDS}
-        arrays.update({name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None})
-        return atomic_write(
-            path, lambda fh: np.savez_compressed(fh, __meta__=np.array(json.dumps(_json_safe(meta))), **arrays)
-        )
+        return _save(self, path, SUPPORT_ARRAY_FIELDS, {"format": SUPPORT_FORMAT, "format_version": FORMAT_VERSION})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SupportResult":
         """Read a result written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise CEMInputError(f"no support result file at {str(path)!r}; pass the path written by SupportResult.save().")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {name: data[name] for name in SUPPORT_ARRAY_FIELDS}
-                arrays.update({name: data[name] for name in IMAGE_FIELDS if name in data.files})
-        except (KeyError, ValueError, OSError) as exc:
-            raise CEMInputError(f"{str(path)!r} is not a support result file written by SupportResult.save(): {exc}.") from exc
+            meta, arrays = _load(path, SUPPORT_ARRAY_FIELDS, "support result", "SupportResult")
+        except CEMInputError:
+            if Path(path).is_file():
+                raise CEMInputError(f"{str(path)!r} is not a support result (a CEMResult file? load it with "
+                                    "CEMResult.load).") from None
+            raise
         if meta.pop("format", None) != SUPPORT_FORMAT:
             raise CEMInputError(f"{str(path)!r} is not a support result (a CEMResult file? load it with CEMResult.load).")
-        version = meta.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise CEMInputError(
-                f"{str(path)!r} has result format version {version!r}; this cem_checks reads version {FORMAT_VERSION}. "
-                "Recompute the support with this version."
-            )
+        _check_version(meta, path, "the support")
         meta["roi"] = ROI(*meta["roi"])
         for key in ("wall_s", "base_psnr"):
             if meta.get(key) is None:

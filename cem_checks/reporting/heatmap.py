@@ -79,14 +79,18 @@ def heatmap_image(effect: Any, bound: float, roi_mask: Any = None, cell: int | N
     e = _as_effect(effect)
     rows, cols = e.shape
     cell = cell_size(rows, cols) if cell is None else int(cell)
-    rgb = seismic(display_values(e, bound))
+    return Image.fromarray(_cells(seismic(display_values(e, bound)), cell, roi_mask, "the effect map"), mode="RGB")
+
+
+def _cells(rgb: np.ndarray, cell: int, roi_mask: Any, what: str) -> np.ndarray:
+    """The (rows, cols, 3) colours ``rgb`` as an image of ``cell`` x ``cell`` px per block, ROI blocks outlined."""
     big = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
     if roi_mask is not None:
         m = np.asarray(roi_mask, dtype=bool)
-        if m.shape != e.shape:
-            raise ValueError(f"roi_mask has shape {m.shape}; the effect map has {e.shape}")
+        if m.shape != rgb.shape[:2]:
+            raise ValueError(f"roi_mask has shape {m.shape}; {what} has {rgb.shape[:2]}")
         _outline(big, m, cell)
-    return Image.fromarray(big, mode="RGB")
+    return big
 
 
 def _outline(img: np.ndarray, mask: np.ndarray, cell: int) -> None:
@@ -140,13 +144,7 @@ def sequential_png(values: Any, vmax: float, roi_mask: Any = None, cell: int | N
     v = _as_effect(values)
     rows, cols = v.shape
     cell = max(2, cell_size(rows, cols) // 2) if cell is None else int(cell)
-    big = np.repeat(np.repeat(sequential(v, vmax), cell, axis=0), cell, axis=1)
-    if roi_mask is not None:
-        m = np.asarray(roi_mask, dtype=bool)
-        if m.shape != v.shape:
-            raise ValueError(f"roi_mask has shape {m.shape}; the map has {v.shape}")
-        _outline(big, m, cell)
-    return _png(Image.fromarray(big, mode="RGB"))
+    return _png(Image.fromarray(_cells(sequential(v, vmax), cell, roi_mask, "the map"), mode="RGB"))
 
 
 def _fmt_db(v: float | None) -> str:
@@ -204,10 +202,4 @@ def support_png(support: Any, resolved: Any = None, roi_mask: Any = None, cell: 
     rgb[...] = SUPPORT_RGB["unresolved"]
     rgb[res & ~sup] = SUPPORT_RGB["none"]
     rgb[sup] = SUPPORT_RGB["support"]
-    big = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
-    if roi_mask is not None:
-        m = np.asarray(roi_mask, dtype=bool)
-        if m.shape != sup.shape:
-            raise ValueError(f"roi_mask has shape {m.shape}; the support map has {sup.shape}")
-        _outline(big, m, cell)
-    return _png(Image.fromarray(big, mode="RGB"))
+    return _png(Image.fromarray(_cells(rgb, cell, roi_mask, "the support map"), mode="RGB"))
