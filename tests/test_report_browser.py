@@ -107,10 +107,24 @@ def test_report_renders_in_chromium(report, page):
     assert errors == []
     assert [m for m in console if m[0] == "error"] == []
 
-    # the heatmaps are decoded and drawn: non-white, with red/blue (signed effect) cells
-    heatmaps = page.query_selector_all("img.heatmap")
-    assert len(heatmaps) == 2
+    # the effect heatmap of the full map (test_too_wide) is decoded and drawn: non-white, with red/blue (signed
+    # effect) cells; test_local ran its support stage only, so it has a support panel and no effect panels
+    heatmaps = page.query_selector_all("img.heatmap:not(.support)")
+    assert len(heatmaps) == 1
     shot = Image.open(io.BytesIO(page.screenshot(full_page=True, type="png"))).convert("RGB")
+    # support panels: the full map's has supported (purple) blocks; the passing gate decided no block alone, so
+    # its panel shows the blocks within the radius as undecided (grey)
+    colours = {}
+    for stage in ("map", "support"):
+        (panel,) = page.query_selector_all(f"div.stage-{stage} img.heatmap.support")
+        left, top, right, bottom = page_box(page, panel)
+        px = np.asarray(shot.crop((left, top, right, bottom)), dtype=np.int16)
+        colours[stage] = {
+            "purple": int(((abs(px[..., 0] - 84) < 20) & (abs(px[..., 1] - 39) < 20) & (abs(px[..., 2] - 143) < 20)).sum()),
+            "grey": int((abs(px - 200) < 8).all(axis=-1).sum()),
+        }
+    assert colours["map"]["purple"] > 1000 and colours["map"]["grey"] == 0
+    assert colours["support"]["purple"] == 0 and colours["support"]["grey"] > 1000
     for h in heatmaps:
         left, top, right, bottom = page_box(page, h)
         assert right - left >= 100 and bottom - top >= 100
@@ -121,9 +135,9 @@ def test_report_renders_in_chromium(report, page):
         assert red + blue > area // 50, f"heatmap at {(left, top, right, bottom)} has no red/blue cells"
 
     # the input, output and overlay images are drawn, each with the green ROI box
-    for cls in ("input", "output", "overlay"):
+    for cls, count in (("input", 2), ("output", 2), ("overlay", 1)):
         pictures = page.query_selector_all(f"img.picture.{cls}")
-        assert len(pictures) == 2, cls
+        assert len(pictures) == count, cls
         for img in pictures:
             left, top, right, bottom = page_box(page, img)
             assert right - left >= 100 and bottom - top >= 100
@@ -134,7 +148,7 @@ def test_report_renders_in_chromium(report, page):
 
     # the effect-vs-distance charts: one point per block outside the ROI (8x8 blocks, 2x2 in the ROI)
     charts = page.query_selector_all("svg.profile")
-    assert len(charts) == 2
+    assert len(charts) == 1
     for chart in charts:
         left, top, right, bottom = page_box(page, chart)
         assert right - left >= 300 and bottom - top >= 200
@@ -188,7 +202,7 @@ def test_demo_report_renders_in_chromium(page):
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     assert errors == []
     shot = Image.open(io.BytesIO(page.screenshot(full_page=True, type="png"))).convert("RGB")
-    heatmaps = page.query_selector_all("img.heatmap")
+    heatmaps = page.query_selector_all("img.heatmap:not(.support)")
     assert heatmaps
     for h in heatmaps:
         left, top, right, bottom = page_box(page, h)
