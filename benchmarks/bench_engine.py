@@ -8,7 +8,11 @@ error. The same fidelity numbers for a paper map of another seed against the pap
 them as the noise floor.
 
 Jobs: the real DnCNN (../shared/data) on a 96x96 crop and on the whole 256x256 demo_2.png (DN sigma 50, ROI
-16 px near the centre, block 8), and a small SR model with channel attention (global) at x4.
+16 px near the centre, block 8), a small SR model with channel attention (global) at x4, and seeded models of
+the families local evaluation covers: an FFDNet-style denoiser (2x2 unshuffle, noise-level map, 12 convolutions
+with batch norm, pixel shuffle) on 96x96, a Real-ESRGAN Compact-style x4 SR model (16 convolutions, 64 channels,
+pixel shuffle, nearest residual) on a 32x32 input and a U-Net x2 SR model (strided convolutions down,
+transposed convolutions up, concatenated skips) on a 64x64 input.
 
 Paper maps are expensive (the 256x256 one takes about two hours on 2 CPU cores): each is saved under
 ``benchmarks/results/`` and reused by later runs, which then print the wall time recorded when it was
@@ -20,8 +24,11 @@ flagged), and its wall time is that count times the bare model's time per image 
 measured in the same run (a lower bound: it leaves out the engine's own overhead). No fidelity is printed
 for an estimated job.
 
-    python benchmarks/bench_engine.py [--jobs dncnn96,dncnn256,sr_ca] [--device cpu] [--fresh] [--no-floor]
-                                      [--estimate-paper dncnn256]
+    python benchmarks/bench_engine.py [--jobs dncnn96,dncnn256,sr_ca,ffdnet96,compact_x4,unet_x2] [--device cpu]
+                                      [--fresh] [--no-floor] [--estimate-paper dncnn256] [--contend]
+
+``--contend`` keeps a second CPU-bound process busy (a pure-Python loop) throughout the run, as a CI runner or
+pytest-xdist on 2 cores would.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 
 import cem_checks as cc
-from cem_checks.models import DnCNN, RCANLite
+from cem_checks.models import CompactSR, DnCNN, FFDNetLike, RCANLite, UNetSR
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parents[1] / "shared" / "data"
@@ -57,12 +64,31 @@ def _sr_ca():
     return RCANLite(scale=4, features=16, blocks=4).eval()
 
 
+def _seeded(make):
+    def build():
+        torch.manual_seed(0)
+        return make().eval()
+    return build
+
+
+def _bundled(size: int):
+    img = cc.load_image(cc.bundled_images()["coffee"])
+    return img[:, 100: 100 + size, 200: 200 + size]
+
+
 JOBS = {
     "dncnn96": dict(model=_dncnn, image=lambda: _demo(96), task=cc.Denoising(50), roi=(40, 40, 16), block_size=8, needs_data=True),
     "dncnn256": dict(model=_dncnn, image=lambda: _demo(256), task=cc.Denoising(50), roi=(120, 120, 16), block_size=8, needs_data=True),
     "sr_ca": dict(model=_sr_ca, image=lambda: _demo(128) if (DATA / "demo_2.png").is_file() else
                   cc.load_image(cc.bundled_images()["coffee"])[:, 100:228, 200:328],
                   task=cc.SuperResolution(4), roi=(56, 56, 16), block_size=2, needs_data=False),
+    # the families local evaluation covers beyond plain conv stacks (seeded weights)
+    "ffdnet96": dict(model=_seeded(lambda: FFDNetLike(features=64, layers=12)), image=lambda: _bundled(96),
+                     task=cc.Denoising(50), roi=(40, 40, 16), block_size=8, needs_data=False),
+    "compact_x4": dict(model=_seeded(lambda: CompactSR(scale=4, features=64, convs=16)), image=lambda: _bundled(128),
+                       task=cc.SuperResolution(4), roi=(56, 56, 16), block_size=2, needs_data=False),
+    "unet_x2": dict(model=_seeded(lambda: UNetSR(scale=2, features=32)), image=lambda: _bundled(128),
+                    task=cc.SuperResolution(2), roi=(56, 56, 16), block_size=4, needs_data=False),
 }
 
 
@@ -129,14 +155,33 @@ def estimate_paper(job: str, fast: cc.CEMResult, device: str) -> tuple[int, floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", default="dncnn96,dncnn256,sr_ca")
+    ap.add_argument("--jobs", default="dncnn96,dncnn256,sr_ca,ffdnet96,compact_x4,unet_x2")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fresh", action="store_true", help="recompute the paper maps instead of reusing saved ones")
     ap.add_argument("--no-floor", action="store_true", help="skip the paper map of seed 1 (the noise floor)")
     ap.add_argument("--paper-only", action="store_true", help="only compute and save the paper maps")
     ap.add_argument("--estimate-paper", default="", help="jobs whose paper cost is estimated instead of run")
+    ap.add_argument("--contend", action="store_true", help="keep a second CPU-bound process busy throughout")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
+    contender = _contender() if args.contend else None
+    if contender is not None:
+        print(f"a second CPU-bound process (pid {contender.pid}) runs throughout")
+    try:
+        return _run_jobs(args)
+    finally:
+        if contender is not None:
+            contender.kill()
+            contender.wait()
+
+
+def _contender():
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def _run_jobs(args) -> int:
     for job in args.jobs.split(","):
         spec = JOBS[job]
         if spec["needs_data"] and not (DATA / "dncnn_color_blind.pth").is_file():

@@ -89,3 +89,78 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.attention(self.conv(x))
+
+
+class FFDNetLike(nn.Module):
+    """An FFDNet-style denoiser (Zhang et al., 2018): 2x2 pixel unshuffle, a noise-level map channel, a stack of
+    3x3 convolutions with batch norm and ReLU at half resolution, pixel shuffle back, residual.
+
+    ``sigma`` (0-255 scale) is the noise level fed as a constant map next to the unshuffled input (a buffer, so it
+    is part of the state_dict). Receptive-field radius about ``2 * layers + 1`` input px, aligned to the 2x2 grid.
+    Shapes: (B, channels, h, w) -> (B, channels, h, w), h and w even.
+    """
+
+    def __init__(self, channels: int = 3, features: int = 64, layers: int = 12, sigma: float = 50.0):
+        super().__init__()
+        self.register_buffer("sigma", torch.tensor(float(sigma) / 255.0))
+        body: list[nn.Module] = [nn.Conv2d(4 * channels + 1, features, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(layers - 2):
+            body += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features),
+                     nn.ReLU(inplace=True)]
+        body.append(nn.Conv2d(features, 4 * channels, 3, padding=1))
+        self.body = nn.Sequential(*body)
+        self.down = nn.PixelUnshuffle(2)
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.down(x)
+        noise = torch.ones_like(d[:, :1]) * self.sigma
+        return x - self.up(self.body(torch.cat([d, noise], dim=1)))
+
+
+class CompactSR(nn.Module):
+    """A compact VGG-style SR network (the Real-ESRGAN Compact family): 3x3 convolutions with PReLU at the input
+    resolution, a last convolution to ``3 * scale**2`` channels, pixel shuffle, plus the nearest upsampling of the
+    input. Shapes: (B, 3, h, w) -> (B, 3, h * scale, w * scale)."""
+
+    def __init__(self, scale: int = 4, features: int = 32, convs: int = 8):
+        super().__init__()
+        self.scale = scale
+        layers: list[nn.Module] = [nn.Conv2d(3, features, 3, padding=1), nn.PReLU(features)]
+        for _ in range(convs):
+            layers += [nn.Conv2d(features, features, 3, padding=1), nn.PReLU(features)]
+        layers += [nn.Conv2d(features, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        out += nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return out
+
+
+class UNetSR(nn.Module):
+    """A small U-Net SR model: two strided-convolution downsamplings, transposed-convolution upsamplings with
+    concatenated skips, then a pixel-shuffle x``scale`` head on the bilinear upsampling of the input.
+    Shapes: (B, 3, h, w) -> (B, 3, h * scale, w * scale), h and w multiples of 4."""
+
+    def __init__(self, scale: int = 2, features: int = 16):
+        super().__init__()
+        f = features
+        self.scale = scale
+        self.head = nn.Sequential(nn.Conv2d(3, f, 3, padding=1), nn.ReLU(inplace=True))
+        self.down1 = nn.Sequential(nn.Conv2d(f, 2 * f, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.down2 = nn.Sequential(nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.up2 = nn.ConvTranspose2d(4 * f, 2 * f, 2, stride=2)
+        self.fuse2 = nn.Sequential(nn.Conv2d(4 * f, 2 * f, 3, padding=1), nn.ReLU(inplace=True))
+        self.up1 = nn.ConvTranspose2d(2 * f, f, 2, stride=2)
+        self.fuse1 = nn.Sequential(nn.Conv2d(2 * f, f, 3, padding=1), nn.ReLU(inplace=True))
+        self.tail = nn.Sequential(nn.Conv2d(f, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        d1 = self.down1(h)
+        d2 = self.down2(d1)
+        u2 = self.fuse2(torch.cat([self.up2(d2), d1], dim=1))
+        u1 = self.fuse1(torch.cat([self.up1(u2), h], dim=1))
+        base = nn.functional.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return base + self.tail(u1)

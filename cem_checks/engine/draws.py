@@ -117,18 +117,21 @@ class Engine:
 
     def run(self, frame: Frame, phase: Phase, item_of_pair: np.ndarray, block_of_pair: np.ndarray,
             patch_of_pair: torch.Tensor, n_items: int, local: "LocalDraws | None" = None,
-            batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            batch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run ``n_items`` interventions in ``frame``; intervention i replaces the blocks of its pairs.
 
         Pairs (item, block, patch) are sorted by item. Returns per-item PSNR drops (float64, dB, relative to
-        the same-shape baseline) and whether the ROI output changed at all. With ``local`` (single-block
-        interventions only) the drops come from local evaluation (relative to its own baseline) and
-        ``changed`` is all False: callers must not derive ``support`` from it. ``batch`` caps the images per
-        forward (default: the engine's batch size).
+        the same-shape baseline), whether the ROI output changed, and whether that verdict is exact. A normal
+        forward is compared bit for bit with its baseline (exact). With ``local`` (single-block interventions
+        only) the drops come from local evaluation (relative to its own baseline) and ``changed`` marks only
+        the changes far above float rounding (see :mod:`.local`): not exact, so a block without such a change
+        needs a normal forward to settle its support. ``batch`` caps the images per forward (default: the
+        engine's batch size).
         """
         cache = self.cache_for(phase)
         drops = np.empty(n_items, dtype=np.float64)
         changed = np.empty(n_items, dtype=bool)
+        exact = np.ones(n_items, dtype=bool)
         starts = np.searchsorted(item_of_pair, list(range(0, n_items, CHUNK)) + [n_items])
         self.bar.total = (self.bar.total or 0) + n_items
         self.bar.refresh()
@@ -144,12 +147,16 @@ class Engine:
             if use_local:
                 what_local = digest(*pairs, frame.box, "local") if cache.enabled else ""
                 cached = cache.get(f"{phase}-local", ci, i1 - i0, what_local)
+                exact[i0:i1] = False
                 if cached is None and cache.has(str(phase), ci):
                     cached = cache.get(str(phase), ci, i1 - i0, what)
+                    exact[i0:i1] = cached is not None
                 if cached is None:
                     cached = local.run_chunk(frame, phase, ci, *pairs, i1 - i0)
                     if cached is not None:
                         cache.put(f"{phase}-local", ci, *cached, what=what_local)
+                    else:
+                        exact[i0:i1] = True
             else:
                 cached = cache.get(str(phase), ci, i1 - i0, what)
             if cached is None:
@@ -157,7 +164,7 @@ class Engine:
                 cache.put(str(phase), ci, *cached, what=what)
             drops[i0:i1], changed[i0:i1] = cached
             self.bar.update(i1 - i0)
-        return drops, changed
+        return drops, changed, exact
 
     def chunk_content(self, phase: Phase, ci: int, blocks: np.ndarray, patches: torch.Tensor):
         """The intervened content (n_pairs, 3, b, b) of chunk ``ci`` of ``phase`` and the blocks' tops/lefts."""
@@ -214,21 +221,23 @@ class Engine:
 
     def single_block_draws(self, frame: Frame, phase: Phase, block_ids: np.ndarray, n_draws: int, crn: bool,
                            first_draw: int = 0, local: "LocalDraws | None" = None):
-        """``n_draws`` single-block interventions per block (block-major). Returns (n_blocks, n_draws) arrays.
+        """``n_draws`` single-block interventions per block (block-major). Returns (n_blocks, n_draws) arrays of
+        drops, changes and whether each change verdict is exact (see :meth:`run`).
 
         With ``crn`` the j-th draw of every block uses the same patch (draw index ``first_draw + j``). With
-        ``local``, the draws are evaluated locally (see :meth:`run`: ``changed`` is then all False)."""
+        ``local``, the draws are evaluated locally where it is verified."""
         nb = len(block_ids)
         if nb == 0:
-            return np.zeros((0, n_draws)), np.zeros((0, n_draws), bool)
+            return np.zeros((0, n_draws)), np.zeros((0, n_draws), bool), np.ones((0, n_draws), bool)
         if crn:
             ids = torch.cat([self.patch_ids(phase.crn_stream(j), (1,)) for j in range(first_draw, first_draw + n_draws)])
             patches = ids.repeat(nb)
         else:
             patches = self.patch_ids(phase, (nb * n_draws,))
         items = np.arange(nb * n_draws)
-        drops, changed = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws, local=local)
-        return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws)
+        drops, changed, exact = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws,
+                                         local=local)
+        return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws), exact.reshape(nb, n_draws)
 
     def group_changed(self, phase: Phase, group: np.ndarray, draws: int, frame: Frame | None = None) -> bool:
         """Whether a joint intervention on every block of ``group`` changed the ROI output in any of ``draws``
@@ -238,7 +247,7 @@ class Engine:
         items = np.repeat(np.arange(draws), k)
         blocks = np.tile(group, draws)
         patches = self.patch_ids(phase, (draws * k,))
-        _, changed = self.run(frame or self.full, phase, items, blocks, patches, draws, batch=1)
+        _, changed, _ = self.run(frame or self.full, phase, items, blocks, patches, draws, batch=1)
         return bool(changed.any())
 
 

@@ -7,9 +7,13 @@ of stages, each of which can be switched off through :class:`~cem_checks.engine.
    where the support is sparse and stops early where it is dense.
 2. *Crop* (:mod:`.crop`): the model runs on the bounding box of the remaining blocks, once verified.
 3. *Coarse*: ``coarse`` draws per remaining block (the paper's flagging rule: some draw moved the ROI PSNR by
-   >= ``tol_db``), with common random numbers.
-4. *Fine* (:mod:`.sequential`, :mod:`.local`): flagged blocks get fresh draws in rounds up to ``fine``, each
-   stopping when its interval is decided; the draws are evaluated locally when the model allows it.
+   >= ``tol_db``), with common random numbers;
+4. *Fine* (:mod:`.sequential`): flagged blocks get fresh draws in rounds up to ``fine``, each stopping when its
+   interval is decided.
+
+The coarse and fine draws are evaluated locally (:mod:`.local`) when the model's traced graph allows it and a
+check on real interventions agrees with the normal forward; ``support`` stays exact through a normal-forward
+confirmation of the blocks whose local draws did not clearly change the ROI output.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .crop import verified_crop
 from .draws import Engine, Frame
 from .estimates import Estimates
 from .local import local_setup
-from .options import COARSE, FastOptions, Phase
+from .options import COARSE, CONFIRM, FastOptions, Phase
 from .sequential import sequential_sampling
 from .support import SupportSearch
 
@@ -33,7 +37,7 @@ def support_candidates(eng: Engine, search: SupportSearch | None, coarse: int, o
     if search is None:
         return np.ones(nb, dtype=bool), {}
     radius = search.radius()
-    candidates = search.dist <= radius
+    candidates = (search.dist <= radius) & search.reach  # outside the traced reach: no path to the ROI
     budget = max(opts.group_budget * coarse * int(candidates.sum()), 3 * opts.group_draws)  # >= the first split
     ruled_out, kd = search.refine(radius, budget=budget, reward=coarse)
     candidates &= ~ruled_out
@@ -55,29 +59,36 @@ def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine:
     frame, crop_info = crop_frame(eng, candidates, opts)
     info.update(crop_info)
 
-    # Stage 3: coarse draws of the candidates.
+    # Stage 3: coarse draws of the candidates, evaluated locally where the model allows it.
     cand = np.flatnonzero(candidates)
     samples = np.full((nb, max(coarse, fine)), np.nan)
     counts = np.zeros(nb, dtype=np.int64)
     support = np.zeros(nb, dtype=bool)
     flagged = np.zeros(nb, dtype=bool)
-    c_drops, c_changed = eng.single_block_draws(frame, COARSE, cand, coarse, crn=opts.common_random_numbers)
+    local, info["local_eval"] = local_setup(eng, frame, cand, opts, tol)
+    c_drops, c_changed, c_exact = eng.single_block_draws(frame, COARSE, cand, coarse, crn=opts.common_random_numbers,
+                                                          local=local)
     samples[cand, :coarse] = c_drops
     counts[cand] = coarse
-    support[cand] = c_changed.any(1)
     flagged[cand] = (np.abs(c_drops) >= tol).any(1)
+    support[cand] = c_changed.any(1) | (flagged[cand] & (tol > 0))
+    # Support stays exact: a block that no locally evaluated draw clearly changed (and that is not flagged) gets
+    # its coarse draws again through the normal forward, compared bit for bit with the baseline.
+    unsure = cand[~support[cand] & ~c_exact.all(1)]
+    if unsure.size:
+        _, u_changed, _ = eng.single_block_draws(frame, CONFIRM, unsure, coarse, crn=opts.common_random_numbers)
+        support[unsure] = u_changed.any(1)
+    info["support_confirmed"] = int(unsure.size)
 
-    # Stage 4: fine draws of the flagged blocks, sequentially. Flagged blocks are in the support already (a drop
-    # >= tol_db > 0 needs a changed ROI output), so the fine draws only estimate effects and may be local.
+    # Stage 4: fine draws of the flagged blocks, sequentially, locally where verified.
     fl = np.flatnonzero(flagged)
     samples[fl] = np.nan
     counts[fl] = 0
     looks = [n for n in opts.looks if n < fine] + [fine] if opts.adaptive else [fine]
-    local, info["local_eval"] = local_setup(eng, frame, fl, opts, tol)
 
     def draw(active: np.ndarray, start: int, stop: int, look: int) -> np.ndarray:
-        d, ch = eng.single_block_draws(frame, Phase("fine", look), fl[active], stop - start,
-                                       crn=opts.common_random_numbers, first_draw=start, local=local)
+        d, ch, _ = eng.single_block_draws(frame, Phase("fine", look), fl[active], stop - start,
+                                          crn=opts.common_random_numbers, first_draw=start, local=local)
         support[fl[active]] |= ch.any(1)
         return d
 

@@ -34,9 +34,9 @@ from .cachekey import job_material, map_material, support_material
 from .draws import Engine, progress_bar
 from .estimates import Estimates
 from .fast import fast_estimates
-from .options import CHUNK, FastOptions, check_common, check_int, check_map_settings
+from .options import CHUNK, FastOptions, validate_common, validate_int, validate_map_settings
 from .paper import paper_estimates
-from .runner import ModelRunner, auto_batch_size, check_model, check_output_range, model_name
+from .runner import ModelRunner, auto_batch_size, torch_threads, validate_model, validate_output_range, model_name
 from .support import SupportSearch
 
 
@@ -56,12 +56,14 @@ class Job:
                  patches: Any = None, mode: str = "fast", coarse: int = 3, fine: int = 50, tol_db: float = 0.01,
                  seed: int = 0, device: Any = "auto", batch_size: int | str = "auto", progress: bool | None = None,
                  fast: FastOptions | None = None, precision: str = "fp32", channels_last: bool = False,
-                 cache_dir: Any = None, cache_key: str | None = None):
+                 cache_dir: Any = None, cache_key: str | None = None, threads: int | None = None):
         t0 = time.perf_counter()
         self.mode = mode
-        self.coarse, self.fine, self.tol_db, self.fast = check_map_settings(mode=mode, coarse=coarse, fine=fine,
-                                                                             tol_db=tol_db, fast=fast)
-        self.seed = check_common(seed=seed, batch_size=batch_size, progress=progress, precision=precision)
+        self.coarse, self.fine, self.tol_db, self.fast = validate_map_settings(mode=mode, coarse=coarse, fine=fine,
+                                                                                tol_db=tol_db, fast=fast)
+        self.seed = validate_common(seed=seed, batch_size=batch_size, progress=progress, precision=precision,
+                                    threads=threads)
+        self.threads = threads
         self.batch_size_arg = batch_size
         self.precision, self.channels_last = precision, channels_last
         self.show = sys.stderr.isatty() if progress is None else progress
@@ -73,7 +75,7 @@ class Job:
         self.device = dev
         task = parse_task(task)
         s = task.scale
-        b = check_int("block_size", block_size, 1) if block_size is not None else max(1, 8 // s)
+        b = validate_int("block_size", block_size, 1) if block_size is not None else max(1, 8 // s)
         roi = ROI.parse(roi)
         self.task, self.scale, self.block_size, self.roi = task, s, b, roi
 
@@ -159,7 +161,7 @@ class Job:
         t0 = time.perf_counter()
         self.eng.bar = progress_bar(self.show)
         try:
-            with self.runner.prepared():
+            with torch_threads(self.threads), self.runner.prepared():
                 self._start()
                 yield
             self.stages.append(name)
@@ -173,7 +175,7 @@ class Job:
             return
         eng, runner, degraded = self.eng, self.runner, self.degraded
         first = eng.forward(degraded.clone(), " (validating the model on the degraded input)")
-        check_output_range(first, self.model)
+        validate_output_range(first, self.model)
         if self.precision != "fp32":
             runner.precision = "fp32"
             reference = eng.forward(degraded.clone(), " (fp32 reference for the precision check)")
@@ -190,7 +192,7 @@ class Job:
                 )
         B = auto_batch_size(runner, degraded) if self.batch_size_arg == "auto" else int(self.batch_size_arg)
         eng.batch_size = min(B, CHUNK)
-        check_model(runner, degraded, eng.support_cache, batched=eng.batch_size > 1)
+        validate_model(runner, degraded, eng.support_cache, batched=eng.batch_size > 1)
         self.first = first
         roi_out = first[eng.full.sl].clone()
         # the validation forward is the baseline of a batch of one image (same shape, same values)
@@ -328,6 +330,7 @@ def compute_cem(
     channels_last: bool = False,
     cache_dir: Any = None,
     cache_key: str | None = None,
+    threads: int | None = None,
 ) -> CEMResult:
     """Compute the causal effect map of ``model`` for the ROI ``roi`` of the restoration of ``image``.
 
@@ -353,16 +356,19 @@ def compute_cem(
         cache_dir: folder for resumable partial results (see :mod:`cem_checks.cache`).
         cache_key: identifies the model in the cache key when it is a plain callable (an ``nn.Module`` is
             identified by the hash of its weights).
+        threads: torch's intra-op threads during the run (restored after); default: unchanged, except in a
+            pytest-xdist worker, which takes ``max(1, cores // workers)`` so that the workers share the cores.
 
     Returns:
         a :class:`CEMResult`.
     """
     return Job(model, image, task=task, roi=roi, block_size=block_size, patches=patches, mode=mode, coarse=coarse,
                fine=fine, tol_db=tol_db, seed=seed, device=device, batch_size=batch_size, progress=progress, fast=fast,
-               precision=precision, channels_last=channels_last, cache_dir=cache_dir, cache_key=cache_key).map()
+               precision=precision, channels_last=channels_last, cache_dir=cache_dir, cache_key=cache_key,
+               threads=threads).map()
 
 
-def check_within(within: Any) -> float | None:
+def validate_within(within: Any) -> float | None:
     if within is None:
         return None
     if isinstance(within, bool) or not isinstance(within, (int, float, np.integer, np.floating)) or \
@@ -391,6 +397,7 @@ def compute_support(
     cache_dir: Any = None,
     cache_key: str | None = None,
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> SupportResult:
     """The exact support of the ROI output: which input blocks can change it at all, by group testing (see
     :mod:`cem_checks.engine.support`), without estimating effects.
@@ -409,11 +416,11 @@ def compute_support(
     ROI output bit for bit with a baseline of the same batch shape. The other arguments are those of
     :func:`compute_cem` and give the same errors. Returns a :class:`SupportResult`.
     """
-    within = check_within(within)
+    within = validate_within(within)
     if max_tests is not None:
-        max_tests = check_int("max_tests", max_tests, 0)
-    draws = check_int("draws", draws, 1)
+        max_tests = validate_int("max_tests", max_tests, 0)
+    draws = validate_int("draws", draws, 1)
     job = Job(model, image, task=task, roi=roi, block_size=block_size, patches=patches, seed=seed, device=device,
               batch_size=batch_size, progress=progress, fast=FastOptions(group_draws=draws), cache_dir=cache_dir,
-              cache_key=cache_key)
+              cache_key=cache_key, threads=threads)
     return job.support(within, max_tests=max_tests)

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MODES, PRECISIONS  # shared with the plugin and the CLI (torch-free)
 from ..errors import CEMInputError, describe_value
 
-MODES = ("fast", "paper")
-PRECISIONS = ("fp32", "bf16", "fp16")
 #: PSNR is capped here (an ROI reproduced exactly would otherwise give +inf dB).
 MAX_PSNR_DB = 100.0
 #: Draws are synthesised and cached in chunks of this many interventions.
@@ -82,6 +81,7 @@ class Phase:
 
 
 COARSE = Phase("coarse")
+CONFIRM = Phase("confirm")  # normal-forward draws that settle the support of blocks drawn locally
 FINE = Phase("fine")
 LOCAL_CHECK = Phase("local-check")
 
@@ -92,15 +92,17 @@ def derive_seed(seed: int, *stream: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def check_int(name: str, value: Any, low: int) -> int:
+def validate_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
         raise CEMInputError(f"{name}={value!r} must be an integer >= {low}.")
     return int(value)
 
 
-def check_common(*, seed: Any, batch_size: Any, progress: Any, precision: Any) -> int:
+def validate_common(*, seed: Any, batch_size: Any, progress: Any, precision: Any, threads: Any = None) -> int:
     """Validate the arguments every stage takes; returns the seed as an int."""
-    seed = check_int("seed", seed, 0)
+    seed = validate_int("seed", seed, 0)
+    if threads is not None:
+        validate_int("threads", threads, 1)
     if not (batch_size == "auto" or (not isinstance(batch_size, bool) and isinstance(batch_size, int) and batch_size >= 1)):
         raise CEMInputError(f"batch_size={batch_size!r} must be 'auto' or an integer >= 1.")
     if progress is not None and not isinstance(progress, bool):
@@ -110,12 +112,12 @@ def check_common(*, seed: Any, batch_size: Any, progress: Any, precision: Any) -
     return seed
 
 
-def check_map_settings(*, mode: Any, coarse: Any, fine: Any, tol_db: Any, fast: Any) -> tuple[int, int, float, FastOptions]:
+def validate_map_settings(*, mode: Any, coarse: Any, fine: Any, tol_db: Any, fast: Any) -> tuple[int, int, float, FastOptions]:
     """Validate the settings of a map's estimation; returns ``(coarse, fine, tol_db, fast)``."""
     if mode not in MODES:
         raise CEMInputError(f"mode={mode!r} is not available; expected one of {', '.join(map(repr, MODES))}.")
-    coarse = check_int("coarse", coarse, 1)
-    fine = check_int("fine", fine, 1)
+    coarse = validate_int("coarse", coarse, 1)
+    fine = validate_int("fine", fine, 1)
     if isinstance(tol_db, bool) or not isinstance(tol_db, (int, float)) or not (tol_db >= 0 and math.isfinite(tol_db)):
         raise CEMInputError(f"tol_db={tol_db!r} must be a finite number >= 0 (dB), e.g. 0.01.")
     if fast is None:

@@ -4,6 +4,7 @@ batch size."""
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -14,7 +15,7 @@ import torch
 from ..errors import CEMError, CEMInputError, ModelError, NondeterministicModelWarning, OutputRangeWarning, describe_value
 from .options import CHUNK, CPU_BATCH
 
-__all__ = ["ModelRunner", "auto_batch_size", "check_model", "check_output_range", "is_oom", "model_name"]
+__all__ = ["ModelRunner", "auto_batch_size", "torch_threads", "xdist_threads", "validate_model", "validate_output_range", "is_oom", "model_name"]
 
 
 def model_name(model: Any) -> str:
@@ -164,7 +165,7 @@ RANGE_SLACK = (-0.5, 1.5)
 RANGE_SHARE = 0.5
 
 
-def check_output_range(out: torch.Tensor, model: Any) -> None:
+def validate_output_range(out: torch.Tensor, model: Any) -> None:
     """Warn (:class:`OutputRangeWarning`) when the model's output is far outside [0, 1] (e.g. 0-255)."""
     lo_ok, hi_ok = RANGE_SLACK
     outside = float(((out < lo_ok) | (out > hi_ok)).double().mean())
@@ -180,7 +181,7 @@ def check_output_range(out: torch.Tensor, model: Any) -> None:
         )
 
 
-#: Sides (px) of the windows of the input that the model checks try in turn (:func:`check_model`): a model with
+#: Sides (px) of the windows of the input that the model checks try in turn (:func:`validate_model`): a model with
 #: size requirements (a multiple of 32, a minimum size) that refuses the first gets the next, then the input.
 CHECK_WINDOWS_PX = (16, 64)
 
@@ -200,7 +201,7 @@ def _verdict(runner: "ModelRunner", x: torch.Tensor, batched: bool) -> tuple[flo
     return float((a - c).abs().max()), float((a[0] - b[0]).abs().max())
 
 
-def check_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool) -> bool:
+def validate_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool) -> bool:
     """Check, on a small window of the input ``x`` (:data:`CHECK_WINDOWS_PX`; the whole input when the model
     runs on no window), that the model is deterministic (else a
     :class:`~cem_checks.errors.NondeterministicModelWarning`; returns False) and, when the engine batches images
@@ -245,6 +246,36 @@ def check_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool) ->
         )
     cache.put_record("check-model", {"deterministic": True, "batch_independent": batched or None})
     return True
+
+
+def xdist_threads() -> int | None:
+    """The intra-op threads of a pytest-xdist worker: ``max(1, cores // workers)`` (cores: the CPUs this process
+    may run on), or None outside xdist. Workers that each took every core would oversubscribe them; many small
+    operations (local evaluation) suffer most."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not workers or not workers.isdigit() or int(workers) < 1:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without affinity
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(workers))
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` intra-op threads (restored after); None: :func:`xdist_threads` under pytest-xdist,
+    else torch's setting as it is."""
+    n = threads if threads is not None else xdist_threads()
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def auto_batch_size(runner: ModelRunner, x: torch.Tensor) -> int:

@@ -9,8 +9,8 @@ changed, no block of the group can change the ROI output: each is outside the su
   (:meth:`SupportSearch.radius`) finds the support radius: the farthest ring that changes it. Once a ring is
   shown not to change it, the further tests run in a verified crop of the blocks within that ring (the
   verified crop of :mod:`.crop`), at a fraction of the cost of the full input.
-- *The traced reach.* For a same-resolution model that :func:`cem_checks.local_eval.build_plan` traces (local
-  operations only), the graph itself says which input box the ROI output reads (each convolution's halo): a
+- *The traced reach.* For a model that :func:`cem_checks.local_eval.build_plan` traces (local operations only,
+  at any resolution), the graph itself says which input box the ROI output reads (each convolution's halo): a
   block outside it cannot change the ROI output (exactly, without a test), and the tests run in a verified
   crop of the blocks inside it. A ring wholly outside needs no test.
 - *k-d refinement* (:meth:`SupportSearch.refine`). The blocks within the radius are split in halves along the
@@ -85,19 +85,19 @@ class SupportSearch:
 
     @property
     def reach(self) -> np.ndarray:
-        """(n_blocks,) bool: the blocks that can reach the ROI output through the model's traced graph (for a
-        same-resolution model that :func:`cem_checks.local_eval.build_plan` accepts: each convolution's halo,
-        clipped to the map); every block when the model cannot be traced. A block outside is resolved: no
+        """(n_blocks,) bool: the blocks that can reach the ROI output through the model's traced graph (for a model
+        that :func:`cem_checks.local_eval.build_plan` accepts: the reach of every operation, e.g. each
+        convolution's halo, clipped to the map); every block when the model cannot be traced. A block outside is resolved: no
         path of the graph leads from it to the ROI, so its effect is exactly 0 without a test."""
         if self._reach is None:
             self._reach = np.ones(self.dist.size, dtype=bool)
             eng = self.eng
-            if eng.scale == 1 and self.crop is not None and self.crop.crop:
+            if self.crop is not None and self.crop.crop and eng.runner.precision == "fp32":
                 from ..local_eval import traced_reach
 
-                roi = eng.roi
-                box, why = traced_reach(eng.runner.model, (eng.grid.height, eng.grid.width),
-                                        (roi.y, roi.y + roi.size, roi.x, roi.x + roi.size))
+                sl = eng.full.sl
+                roi = (sl[2].start, sl[2].stop, sl[3].start, sl[3].stop)
+                box, why = traced_reach(eng.runner.model, eng.full.x.to(eng.runner.dtype), roi)
                 if box is None:
                     self.reach_info = f"not traced: {why}"
                 else:
@@ -219,14 +219,14 @@ class SupportSearch:
         A test asked before (by this job, or cached) is reused, but counts against the budget like a new one, so
         the outcome does not depend on what ran before. Returns the blocks this refinement ruled out (bool,
         n_blocks) and a summary: tests asked, blocks ruled out."""
-        root = np.flatnonzero((self.dist <= radius) & (self.dist > 0))
+        root = np.flatnonzero((self.dist <= radius) & (self.dist > 0) & self.reach)
         # With a radius above 0 the root holds the ring just below it, already seen to change: split it untested.
         if radius > 0 and root.size > 1:
             a, b = self._halves(root)
             queue = [(a, b), (b, a)]
         else:
             queue = [(root, None)]
-        tail = [(np.array([b]), None) for b in np.flatnonzero(self.dist == 0)] if roi_blocks else []
+        tail = [(np.array([b]), None) for b in np.flatnonzero((self.dist == 0) & self.reach)] if roi_blocks else []
         spent, ruled_out, asked = 0, 0, 0
         mask = np.zeros(self.dist.size, dtype=bool)
         changed_of: dict[int, bool] = {}  # id(group) -> changed, for the dense rule
@@ -255,7 +255,7 @@ class SupportSearch:
         """Find up to ``want`` blocks of the ring at ``level`` px (a ring known to change the ROI output) that
         change it alone: a k-d split of the ring, depth first, recursing into groups that changed, single blocks
         tested alone, at most ``max_tests`` group tests. Returns the blocks found (supported, tested alone)."""
-        ring = np.flatnonzero(self.dist == level)
+        ring = np.flatnonzero((self.dist == level) & self.reach)
         found = [b for b, changed in self.alone.items() if changed and self.dist[b] == level]
         queue = [ring] if ring.size else []
         asked = 0
