@@ -61,7 +61,7 @@ from .checks import (
 )
 from .errors import BaselineError, CEMInputError, describe_value
 from .grid import ROI
-from .metrics import _check_bool, _check_number, _check_result
+from .metrics import _validate_bool, _validate_number, _validate_result
 from .result import CEMResult, _json_safe, _readonly
 
 BASELINE_FORMAT = "cem-baseline"
@@ -159,7 +159,7 @@ class Baseline:
     @classmethod
     def from_result(cls, result: CEMResult) -> "Baseline":
         """The baseline of ``result`` (its arrays and settings)."""
-        result = _check_result(result)
+        result = _validate_result(result)
         s = run_settings(result)
         settings = {k: s[k] for k in ("seed", "mode", "device", "coarse", "fine", "tol_db", "model")}
         settings.update(
@@ -490,12 +490,12 @@ def compare_to_baseline(
     Returns:
         a :class:`BaselineComparison`; it does not raise on drift (see :func:`assert_matches_baseline`).
     """
-    result = _check_result(result)
-    atol_db = _check_number("atol_db", atol_db, low=0.0, high=math.inf, unit="dB")
+    result = _validate_result(result)
+    atol_db = _validate_number("atol_db", atol_db, low=0.0, high=math.inf, unit="dB")
     if math.isinf(atol_db):
         raise CEMInputError("atol_db=inf would accept every map; give a finite tolerance in dB, e.g. 0.05.")
-    use_ci = _check_bool("use_ci", use_ci)
-    compare_support = _check_bool("compare_support", compare_support)
+    use_ci = _validate_bool("use_ci", use_ci)
+    compare_support = _validate_bool("compare_support", compare_support)
     if regen not in REGEN_MODES:
         raise BaselineError(f"regen={regen!r} is not one of {REGEN_MODES}; use None, 'mismatch' or 'all'.")
     common = dict(atol_db=atol_db, use_ci=use_ci, compare_support=compare_support, n_blocks=result.rows * result.cols,

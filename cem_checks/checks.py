@@ -82,7 +82,10 @@ __all__ = [
 # ------------------------------------------------------------------------------------------ outcomes
 @dataclass(frozen=True)
 class OffendingBlock:
-    """One block that drives a measurement: grid position, distance to the ROI (input px), effect and its CI (dB)."""
+    """One block that drives a measurement: grid position, distance to the ROI (input px), effect and its CI (dB).
+
+    ``block_px`` is the block side (input px; 0 when unknown); :attr:`box_px` is then the block's box
+    ``(x, y, w, h)`` in input px, the coordinates the ROI is given in (x a column, y a row)."""
 
     row: int
     col: int
@@ -91,13 +94,15 @@ class OffendingBlock:
     ci_low_db: float
     ci_high_db: float
     detail: str = ""
+    block_px: int = 0
 
     @classmethod
     def of(cls, result: CEMResult | SupportResult, row: int, col: int, detail: str = "") -> "OffendingBlock":
+        b = int(result.block_size)
         if isinstance(result, SupportResult):  # no effects: the block changed the ROI output, tested alone
             nan = float("nan")
             return cls(int(row), int(col), int(result.distance[row, col]), nan, nan, nan,
-                       detail or "changes the ROI output when replaced alone (support stage; effect not estimated)")
+                       detail or "changes the ROI output when replaced alone (support stage; effect not estimated)", b)
         return cls(
             int(row),
             int(col),
@@ -106,20 +111,36 @@ class OffendingBlock:
             float(result.ci_low[row, col]),
             float(result.ci_high[row, col]),
             detail,
+            b,
         )
+
+    @property
+    def box_px(self) -> tuple[int, int, int, int] | None:
+        """The block as ``(x, y, w, h)`` input px (None when ``block_px`` is unknown)."""
+        b = self.block_px
+        return (self.col * b, self.row * b, b, b) if b > 0 else None
+
+    def name(self) -> str:
+        """``"block (x, y, w, h) = (8, 4, 4, 4) px [row 1, col 2]"``, or ``"block (row 1, col 2)"`` without a size."""
+        box = self.box_px
+        if box is None:
+            return f"block (row {self.row}, col {self.col})"
+        return f"block (x, y, w, h) = ({', '.join(map(str, box))}) px [row {self.row}, col {self.col}]"
 
     def describe(self) -> str:
         extra = f"; {self.detail}" if self.detail else ""
         if math.isnan(self.effect_db):
-            return f"block (row {self.row}, col {self.col}) at {self.distance_px} px{extra}"
+            return f"{self.name()} at {self.distance_px} px{extra}"
         ci = "no CI" if math.isnan(self.ci_low_db) else f"95% CI [{self.ci_low_db:+.3f}, {self.ci_high_db:+.3f}]"
-        return f"block (row {self.row}, col {self.col}) at {self.distance_px} px: {self.effect_db:+.3f} dB, {ci}{extra}"
+        return f"{self.name()} at {self.distance_px} px: {self.effect_db:+.3f} dB, {ci}{extra}"
 
     def to_record(self) -> dict[str, Any]:
+        box = self.box_px
         return _json_safe(
             {
                 "row": self.row,
                 "col": self.col,
+                "box_px": None if box is None else list(box),
                 "distance_px": self.distance_px,
                 "effect_db": self.effect_db,
                 "ci_low_db": self.ci_low_db,
@@ -233,7 +254,8 @@ class PropertyOutcome:
         import pandas as pd
 
         cols = ["row", "col", "distance_px", "effect_db", "ci_low_db", "ci_high_db", "detail"]
-        return pd.DataFrame([[getattr(b, c) for c in cols] for b in self.worst_blocks], columns=cols)
+        rows = [[getattr(b, c) for c in cols] + list(b.box_px or (None,) * 4) for b in self.worst_blocks]
+        return pd.DataFrame(rows, columns=cols + ["x_px", "y_px", "w_px", "h_px"])
 
 
 class CausalPropertyError(AssertionError):
@@ -396,7 +418,7 @@ METRICS: dict[str, MetricSpec] = {
 
 
 # --------------------------------------------------------------------------------------- evaluation
-def _check_bound(op: str, bound: Any) -> Any:
+def _validate_bound(op: str, bound: Any) -> Any:
     if op not in OPS:
         raise CEMInputError(f"op={op!r} is not a comparison; expected one of {', '.join(map(repr, OPS))}.")
     is_num = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
@@ -451,8 +473,8 @@ def _resolve_metric(metric: Any, params: dict) -> tuple[str, MetricSpec]:
 
 def _evaluate(result: Any, metric: Any, op: str, bound: Any, params: dict, *, name: str | None,
               description: str | None, note: str = "") -> PropertyOutcome:
-    result = M._check_result(result)
-    bound = _check_bound(op, bound)
+    result = M._validate_result(result)
+    bound = _validate_bound(op, bound)
     metric_name, spec = _resolve_metric(metric, params)
     measured = spec.func(result, **params)
     if isinstance(measured, (np.integer, np.floating)):
@@ -503,8 +525,8 @@ def assert_property(result: CEMResult, metric: str | Callable[..., float], op: s
 
 
 def _positive_effect_local(result, radius, mass, significant, include_roi):
-    radius = M.check_radius("radius", radius)
-    mass = M.check_mass(mass)
+    radius = M.validate_radius("radius", radius)
+    mass = M.validate_mass(mass)
     return _evaluate(
         result, "effective_radius", "<=", radius,
         dict(mass=mass, sign="positive", significant=significant, include_roi=include_roi),
@@ -527,8 +549,8 @@ def assert_positive_effect_local(result: CEMResult, radius: float, mass: float =
 
 
 def _negative_fraction_at_most(result, bound, by, significant, include_roi):
-    bound = M._check_number("bound", bound, low=0.0, high=1.0)
-    M._check_choice("by", by, M.BY)
+    bound = M._validate_number("bound", bound, low=0.0, high=1.0)
+    M._validate_choice("by", by, M.BY)
     what = "blocks" if by == "count" else "absolute effect mass"
     sig = " significantly (95% CI below zero)" if significant else ""
     return _evaluate(
@@ -555,8 +577,8 @@ _RF_BY = ("support", "effect", "significant")
 
 
 def _receptive_field_within(result, radius, by):
-    radius = M.check_radius("radius", radius)
-    M._check_choice("by", by, _RF_BY)
+    radius = M.validate_radius("radius", radius)
+    M._validate_choice("by", by, _RF_BY)
     if by == "support":
         result = M._support_question(result, radius)
         if isinstance(result, SupportResult):
@@ -648,8 +670,8 @@ def assert_receptive_field_within(result: CEMResult, radius: float, *, by: str =
 
 
 def _uses_context_beyond(result, radius, share, significant, include_roi):
-    radius = M.check_radius("radius", radius)
-    share = M._check_number("share", share, low=0.0, high=1.0, low_open=True)
+    radius = M.validate_radius("radius", radius)
+    share = M._validate_number("share", share, low=0.0, high=1.0, low_open=True)
     return _evaluate(
         result, "context_share", ">=", share, dict(beyond=radius, significant=significant, include_roi=include_roi),
         name="uses_context_beyond",
@@ -673,8 +695,8 @@ def assert_uses_context_beyond(result: CEMResult, radius: float, share: float, *
 
 
 def _effect_range_between(result, low_db, high_db, significant, include_roi):
-    low = M._check_number("low_db", low_db, low=0.0, unit="dB")
-    high = M._check_number("high_db", high_db, low=0.0, unit="dB")
+    low = M._validate_number("low_db", low_db, low=0.0, unit="dB")
+    high = M._validate_number("high_db", high_db, low=0.0, unit="dB")
     if low > high:
         raise CEMInputError(f"low_db={low:g} is above high_db={high:g}; give low_db <= high_db.")
     return _evaluate(

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
+from .constants import DEVICE_NAMES, DEVICE_RE
 from .errors import DeviceError
-
-_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(?::(\d+))?)$")
 
 
 def resolve_device(device: Any = "auto") -> torch.device:
@@ -28,9 +27,11 @@ def resolve_device(device: Any = "auto") -> torch.device:
             f"device={device!r} of type {type(device).__name__} is not understood; expected 'auto', 'cpu', 'cuda', "
             "'cuda:N', 'mps' or a torch.device."
         )
-    m = _DEVICE_RE.match(text)
+    m = DEVICE_RE.match(text)
     if not m:
-        raise DeviceError(f"device={device!r} is unknown; expected one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'.")
+        raise DeviceError(f"device={device!r} is unknown; expected {DEVICE_NAMES}, or a torch.device.")
+    if text == "auto":
+        return resolve_device("auto")
     kind = m.group(1).split(":")[0]
     if kind == "cuda":
         if not torch.cuda.is_available():

@@ -234,7 +234,7 @@ def _zip_pickle(zf: zipfile.ZipFile) -> str | None:
     return next((n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
 
 
-def _check_zip(p: Path) -> list[str]:
+def _validate_zip(p: Path) -> list[str]:
     """Every member of the zip archive ``p`` must read back with its CRC-32 (torch's reader checks none), and its
     data.pkl must parse. Returns the globals data.pkl names."""
     try:
@@ -255,7 +255,7 @@ def _check_zip(p: Path) -> list[str]:
     return scan.names
 
 
-def _check_legacy(p: Path) -> list[str]:
+def _validate_legacy(p: Path) -> list[str]:
     """The pickles at the start of a legacy (non-zip) torch.save file, or the one pickle of a plain pickle file,
     must parse to their end, and the raw storage bytes after them must be whole (the format has no checksum:
     bytes changed inside a pickle that still parses go unnoticed). Returns the globals the pickles name."""
@@ -276,7 +276,7 @@ def _check_legacy(p: Path) -> list[str]:
             scans.append(scan)
             if i == 0 and scan.args[-1:] != [_LEGACY_MAGIC]:  # not torch.save's magic number: a plain pickle
                 return names
-        _check_legacy_storages(p, fh, scans[3], scans[4], size)
+        _validate_legacy_storages(p, fh, scans[3], scans[4], size)
     return names
 
 
@@ -296,7 +296,7 @@ def _element_size(storage_type: Any) -> int | None:
     return _STORAGE_ELEMENT_BYTES.get(str(storage_type[2]))
 
 
-def _check_legacy_storages(p: Path, fh: Any, obj: _PickleScan, keys: _PickleScan, size: int) -> None:
+def _validate_legacy_storages(p: Path, fh: Any, obj: _PickleScan, keys: _PickleScan, size: int) -> None:
     """After its pickles, a legacy torch.save file holds each storage (in the order of the keys pickle) as an
     8-byte element count and the elements. Raises when the file ends before the last one; checks nothing when
     a storage reference is not of the expected form ("storage", type, key, location, numel, ...)."""
@@ -327,7 +327,7 @@ def _check_legacy_storages(p: Path, fh: Any, obj: _PickleScan, keys: _PickleScan
             )
 
 
-def _check_safetensors(p: Path) -> None:
+def _validate_safetensors(p: Path) -> None:
     """The header of a safetensors file must be whole JSON and the file must hold every tensor's bytes."""
     size = p.stat().st_size
     with open(p, "rb") as fh:
@@ -355,15 +355,15 @@ def _check_safetensors(p: Path) -> None:
         )
 
 
-def _check_intact(p: Path, fmt: str) -> list[str]:
+def _validate_intact(p: Path, fmt: str) -> list[str]:
     """Raise :class:`CheckpointError` when ``p`` (of format ``fmt``, see :func:`detect_format`) is damaged, before
     anything is unpickled. Returns the globals its pickle names (for messages)."""
     if fmt == "safetensors":
-        _check_safetensors(p)
+        _validate_safetensors(p)
         return []
     if zipfile.is_zipfile(p):
-        return _check_zip(p)
-    return _check_legacy(p)
+        return _validate_zip(p)
+    return _validate_legacy(p)
 
 
 def _is_tensor_map(obj: Any) -> bool:
@@ -404,7 +404,7 @@ def load_state_dict(path: str | os.PathLike, *, options: OptionNames = PYTHON_OP
         raise CheckpointError(
             f"{str(p)!r} is a TorchScript archive, not a state_dict; load it with load_model({str(p)!r}) and no arch."
         )
-    names = _check_intact(p, fmt)
+    names = _validate_intact(p, fmt)
     if fmt == "safetensors":
         try:
             from safetensors.torch import load_file
@@ -651,7 +651,7 @@ def load_model(
                 f"{str(p)!r} is a TorchScript archive, which holds its own architecture; call without "
                 f"{options.arch_name}."
             )
-        _check_intact(p, fmt)
+        _validate_intact(p, fmt)
         try:
             model = torch.jit.load(str(p), map_location="cpu")
         except Exception as exc:  # RuntimeError, ValueError, and the errors of TorchScript's own unpickler

@@ -59,7 +59,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------- validation
-def _check_result(result: Any) -> CEMResult:
+def _validate_result(result: Any) -> CEMResult:
     """``result`` as a :class:`CEMResult`; a map computed on first need (:class:`cem_checks.lazy.LazyMap`) is
     computed now."""
     resolve = getattr(result, "__cem_map__", None)
@@ -79,6 +79,8 @@ def _check_result(result: Any) -> CEMResult:
     return result
 
 
+
+
 def _support_question(result: Any, within: float | None = None) -> CEMResult | SupportResult:
     """What a support question (the support radius, an exact receptive-field bound) reads: a :class:`CEMResult`
     or :class:`SupportResult` as it is; a map computed on first need runs its support stage only (asked about
@@ -88,7 +90,7 @@ def _support_question(result: Any, within: float | None = None) -> CEMResult | S
     ask = getattr(result, "__cem_support__", None)
     if callable(ask):
         return ask(within)
-    return _check_result(result)
+    return _validate_result(result)
 
 
 def support_result_radius(result: SupportResult) -> int:
@@ -103,20 +105,20 @@ def support_result_radius(result: SupportResult) -> int:
     return int(result.radius_px)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def _validate_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise CEMInputError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}; pick one of them.")
     return value
 
 
-def _check_bool(name: str, value: Any) -> bool:
+def _validate_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise CEMInputError(f"{name}={value!r} must be True or False.")
     return bool(value)
 
 
-def _check_number(name: str, value: Any, *, low: float = -np.inf, high: float = np.inf, low_open: bool = False,
-                  unit: str = "") -> float:
+def _validate_number(name: str, value: Any, *, low: float = -np.inf, high: float = np.inf, low_open: bool = False,
+                     unit: str = "") -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise CEMInputError(f"{name}={value!r} must be a number{f' ({unit})' if unit else ''}; got {type(value).__name__}.")
     v = float(value)
@@ -127,20 +129,20 @@ def _check_number(name: str, value: Any, *, low: float = -np.inf, high: float = 
     return v
 
 
-def check_mass(mass: Any) -> float:
+def validate_mass(mass: Any) -> float:
     """Validate a mass share in (0, 1]."""
-    return _check_number("mass", mass, low=0.0, high=1.0, low_open=True)
+    return _validate_number("mass", mass, low=0.0, high=1.0, low_open=True)
 
 
-def check_radius(name: str, radius: Any) -> float:
+def validate_radius(name: str, radius: Any) -> float:
     """Validate a distance in input px (a finite number >= 0, or +inf)."""
-    return _check_number(name, radius, low=0.0, unit="input px")
+    return _validate_number(name, radius, low=0.0, unit="input px")
 
 
 def selection(result: CEMResult, include_roi: bool = False) -> np.ndarray:
     """(rows, cols) bool: the blocks a metric measures (all blocks, or those outside the ROI footprint)."""
-    result = _check_result(result)
-    include_roi = _check_bool("include_roi", include_roi)
+    result = _validate_result(result)
+    include_roi = _validate_bool("include_roi", include_roi)
     sel = np.ones(result.effect.shape, bool) if include_roi else ~result.roi_mask
     if not sel.any():
         raise CEMInputError(
@@ -154,7 +156,7 @@ def selection(result: CEMResult, include_roi: bool = False) -> np.ndarray:
 def significant_effect(result: CEMResult) -> np.ndarray:
     """(rows, cols) float64 dB: ``result.effect`` where the 95 % CI excludes zero on the side of the effect's
     sign, else 0 (blocks without a CI, i.e. fewer than two draws, count as 0)."""
-    result = _check_result(result)
+    result = _validate_result(result)
     e = result.effect
     with np.errstate(invalid="ignore"):
         keep = ((e > 0) & (result.ci_low > 0)) | ((e < 0) & (result.ci_high < 0))
@@ -164,12 +166,12 @@ def significant_effect(result: CEMResult) -> np.ndarray:
 def _effects(result: CEMResult, significant: bool, include_roi: bool) -> tuple[np.ndarray, np.ndarray]:
     """The measured blocks' effects (1-D, dB) and distances (1-D, input px)."""
     sel = selection(result, include_roi)
-    eff = significant_effect(result) if _check_bool("significant", significant) else np.asarray(result.effect)
+    eff = significant_effect(result) if _validate_bool("significant", significant) else np.asarray(result.effect)
     return eff[sel].astype(np.float64), result.distance[sel].astype(np.int64)
 
 
 def _weights(eff: np.ndarray, sign: str) -> np.ndarray:
-    _check_choice("sign", sign, SIGNS)
+    _validate_choice("sign", sign, SIGNS)
     if sign == "positive":
         return np.maximum(eff, 0.0)
     if sign == "negative":
@@ -231,7 +233,7 @@ def counts(result: CEMResult, *, significant: bool = False, include_roi: bool = 
 
 
 def _fraction(result: CEMResult, by: str, sign: str, significant: bool, include_roi: bool) -> float:
-    _check_choice("by", by, BY)
+    _validate_choice("by", by, BY)
     eff, _ = _effects(result, significant, include_roi)
     if by == "count":
         return float(((eff > 0) if sign == "positive" else (eff < 0)).sum() / eff.size)
@@ -277,7 +279,7 @@ def effective_radius(result: CEMResult, mass: float = 0.9, sign: str = "positive
     Equivalently the smallest block distance d with ``locality(result, d, sign) >= mass``. Returns 0 when the
     chosen mass is 0 (nothing to localise: no such effect beyond the ROI footprint). Non-decreasing in ``mass``.
     """
-    mass = check_mass(mass)
+    mass = validate_mass(mass)
     levels, cum, total = _cumulative(result, sign, significant, include_roi)
     if total <= 0:
         return 0
@@ -292,7 +294,7 @@ def locality(result: CEMResult, radius: float, sign: str = "positive", *, signif
     Defined as ``1 - (share beyond radius)``; 1 when the chosen mass is 0 (no such effect anywhere beyond the
     ROI footprint). Unchanged when every effect is multiplied by the same c > 0.
     """
-    radius = check_radius("radius", radius)
+    radius = validate_radius("radius", radius)
     eff, dist = _effects(result, significant, include_roi)
     w = _weights(eff, sign)
     return 1.0 - _share(w[dist > radius].sum(), w.sum())
@@ -304,7 +306,7 @@ def context_share(result: CEMResult, beyond: float, *, significant: bool = False
 
     ``context_share(r) == 1 - locality(r, sign="abs")``.
     """
-    beyond = check_radius("beyond", beyond)
+    beyond = validate_radius("beyond", beyond)
     eff, dist = _effects(result, significant, include_roi)
     w = np.abs(eff)
     return _share(w[dist > beyond].sum(), w.sum())
@@ -317,7 +319,7 @@ def max_reach(result: CEMResult | SupportResult, significant: bool = True, *, in
     A :class:`SupportResult` has no effects: with ``significant=False`` its reach is that of any change of the
     ROI output at all, the support radius (an upper bound of a map's ``max_reach``)."""
     if isinstance(result, SupportResult):
-        if _check_bool("significant", significant):
+        if _validate_bool("significant", significant):
             raise CEMInputError(
                 "max_reach(significant=True) needs confidence intervals of effects, which a SupportResult (the "
                 "support stage alone) does not have; pass significant=False (the support radius), or a map."
@@ -337,7 +339,7 @@ def support_radius(result: CEMResult | SupportResult, *, include_roi: bool = Fal
     map computed on first need (:class:`cem_checks.lazy.LazyMap`) runs only its support stage for this."""
     result = _support_question(result)
     if isinstance(result, SupportResult):
-        _check_bool("include_roi", include_roi)
+        _validate_bool("include_roi", include_roi)
         return support_result_radius(result)
     sel = selection(result, include_roi)
     hit = result.distance[sel & result.support]

@@ -7,10 +7,16 @@ Results file (``RESULTS_FORMAT`` version ``RESULTS_FORMAT_VERSION``), written by
      "environment": {"pytest_cem": ..., "torch": ...},
      "settings": {...},                     # session settings: device, mode, seed, batch_size, ...
      "summary": {"tests": n, "maps": n, "properties": n, "failed_properties": n},
-     "tests": [{"nodeid": ..., "outcome": "passed" | "failed" | "skipped" | "xfailed" | "xpassed",
+     "tests": [{"nodeid": ..., "outcome": "passed" | "failed" | "error" | "skipped" | "xfailed" | "xpassed",
                 "duration_s": ...,
-                "longrepr": ... (failed/skipped only), "maps": [map summary, ...],
+                "message": ... (failure text or skip reason; absent for a plain pass),
+                "teardown_error": ... (only when the teardown failed: its text),
+                "maps": [map summary, ...],
                 "properties": [property record, ...]}, ...]}
+
+The pytest plugin records every test of the session, with or without maps: ``outcome`` is the test's verdict
+as pytest's summary line counts it (``"error"``: it failed in setup; a teardown failure adds ``teardown_error``,
+which pytest counts as one more error; see :func:`outcome_counts`).
 
 A map summary (:func:`map_summary`, ``"stage": "map"``) holds the run's settings, a few numbers of the map and
 what the HTML report needs to draw it: ``effect_db`` (rows x cols list of floats in dB, rounded to 4 decimals, NaN
@@ -27,7 +33,11 @@ written by older versions lack these keys; the report says so where they would b
 was estimated): ``support``, ``resolved`` (the block was decided), ``roi_mask``, ``distance_px``, the support
 radius (or ``within_px`` and ``beyond_within``), ``group_tests``, the cost and the images. A
 property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` plus ``measured_text`` and
-``bound_text``, the two strings a summary line shows.
+``bound_text``, the two strings a summary line shows; each of its ``worst_blocks`` names the block's box
+``box_px`` ``[x, y, w, h]`` in input px (null in records of older versions).
+
+:func:`scalar_summary` and :func:`property_scalars` keep the numbers of a map summary and of a property record
+without the per-block grids and images: what the plugin writes into junit-xml by default.
 
 :func:`record_test` and :func:`results_document` build the same structure outside pytest (the ``cem run``
 command); :func:`load_document` reads and validates a results file (down to each value the report reads),
@@ -55,9 +65,9 @@ from .tasks import parse_task
 RESULTS_FORMAT = "pytest-cem-results"
 RESULTS_FORMAT_VERSION = 1
 
-#: Test outcomes of a results file: pytest's three, and its xfail verdicts (an expected failure that failed or
-#: passed).
-OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+#: Test outcomes of a results file, the categories of pytest's summary line: passed, failed, error (failed in
+#: setup), skipped, and the xfail verdicts (an expected failure that failed or passed).
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 
 #: Decimals of the per-block effects kept in a map summary (0.1 mdB: far below the 0.01 dB zero threshold).
 EFFECT_DECIMALS = 4
@@ -70,6 +80,10 @@ __all__ = [
     "map_images",
     "map_summary",
     "merge_documents",
+    "outcome_counts",
+    "property_scalars",
+    "relative_paths",
+    "scalar_summary",
     "result_summary",
     "support_summary",
     "property_line",
@@ -77,6 +91,7 @@ __all__ = [
     "record_test",
     "recount_summary",
     "results_document",
+    "default_environment",
     "summarize",
     "uncertainty_summary",
     "write_document",
@@ -160,7 +175,7 @@ def map_summary(result: CEMResult, max_image_px: int = DEFAULT_MAX_IMAGE_PX) -> 
     radius (input px), cost, and for drawing it the per-block effect (dB), the ROI mask, the display bound, the
     per-block distance (input px), stderr (dB) and draws, the :func:`uncertainty_summary` and the input and
     output images (:func:`map_images`, longest side <= ``max_image_px``; 0 embeds none)."""
-    result = M._check_result(result)
+    result = M._validate_result(result)
     images = map_images(result, max_image_px)
     c = M.counts(result, include_roi=True)
     effect = np.round(np.asarray(result.effect, dtype=np.float64), EFFECT_DECIMALS)
@@ -238,6 +253,46 @@ def property_record(outcome: PropertyOutcome) -> dict[str, Any]:
     return rec
 
 
+#: The entries of a property record :func:`property_scalars` keeps.
+PROPERTY_SCALARS = ("name", "passed", "expression", "measured", "op", "bound", "unit", "measured_text", "bound_text")
+
+
+def property_scalars(record: dict[str, Any]) -> dict[str, Any]:
+    """The verdict and numbers of a property record (:data:`PROPERTY_SCALARS`): no message, blocks or settings."""
+    return {k: record[k] for k in PROPERTY_SCALARS if k in record}
+
+
+def scalar_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """A map or support summary without its per-block grids, images and objects: the stage, model, grid, counts,
+    support radius, effect range, base PSNR and cost (every entry that is a number, a string, a boolean or null),
+    plus ``grid`` and the run's ``settings``. About 1 KB whatever the grid's size."""
+    out = {k: v for k, v in summary.items() if v is None or isinstance(v, (bool, int, float, str))}
+    for key in ("grid", "settings"):
+        if key in summary:
+            out[key] = summary[key]
+    return out
+
+
+def relative_paths(value: Any, root: str | os.PathLike) -> Any:
+    """``value`` (a record: dicts, lists and strings) with every path under the folder ``root`` written relative
+    to it: the text ``<root>/`` is left out of each string (keys are kept). Records written this way name the same
+    files on every machine that checks out the project (e.g. a baseline path in a failure message)."""
+    prefix = str(Path(root)).rstrip(os.sep) + os.sep
+    if prefix == os.sep:
+        return value
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace(prefix, "") if prefix in v else v
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(walk(x) for x in v)
+        return v
+
+    return walk(value)
+
+
 def property_line(record: dict[str, Any]) -> str:
     """One line for a property record: ``"<name> passed|FAILED: <measured>; bound <bound>"``."""
     verdict = "passed" if record.get("passed") else "FAILED"
@@ -246,11 +301,16 @@ def property_line(record: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ results documents
 def record_test(nodeid: str, *, outcome: str, duration_s: float = 0.0, maps: Sequence[dict] = (),
-                properties: Sequence[dict] = (), message: str | None = None) -> dict[str, Any]:
-    """One entry of a document's ``tests``: ``maps`` are :func:`map_summary` dicts, ``properties``
-    :func:`property_record` dicts; ``message`` (failure text or skip reason) is kept when given."""
+                properties: Sequence[dict] = (), message: str | None = None,
+                teardown_error: str | None = None) -> dict[str, Any]:
+    """One entry of a document's ``tests``: ``outcome`` one of :data:`OUTCOMES`; ``maps`` are :func:`map_summary`
+    dicts, ``properties`` :func:`property_record` dicts; ``message`` (failure text or skip reason) and
+    ``teardown_error`` (the text of a failed teardown, which pytest counts as one more error) are kept when
+    given."""
     if outcome not in OUTCOMES:
-        raise CEMInputError(f"outcome={outcome!r} must be one of {', '.join(map(repr, OUTCOMES))}.")
+        raise CEMInputError(
+            f"outcome={outcome!r} is not a test outcome; expected one of {', '.join(map(repr, OUTCOMES))} (the "
+            "categories of pytest's summary line).")
     entry: dict[str, Any] = {
         "nodeid": str(nodeid),
         "outcome": outcome,
@@ -260,7 +320,22 @@ def record_test(nodeid: str, *, outcome: str, duration_s: float = 0.0, maps: Seq
     }
     if message is not None:
         entry["message"] = str(message)
+    if teardown_error is not None:
+        entry["teardown_error"] = str(teardown_error)
     return entry
+
+
+def outcome_counts(tests: Sequence[dict]) -> dict[str, int]:
+    """How many of ``tests`` ended in each of :data:`OUTCOMES` (all keys present), counted as pytest's summary
+    line counts them: one per test by its outcome, plus one ``"error"`` per test whose teardown failed
+    (``teardown_error``). Outcomes outside :data:`OUTCOMES` (files of other tools) get keys of their own."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for t in tests:
+        outcome = str(t.get("outcome"))
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if t.get("teardown_error") is not None:
+            counts["error"] += 1
+    return counts
 
 
 def summarize(tests: Sequence[dict], exitstatus: int | None = None) -> dict[str, Any]:
@@ -274,7 +349,9 @@ def summarize(tests: Sequence[dict], exitstatus: int | None = None) -> dict[str,
     }
 
 
-def _environment() -> dict[str, str | None]:
+def default_environment(*distributions: str) -> dict[str, str | None]:
+    """The installed versions of pytest-cem, torch and ``distributions`` (None when not installed), keyed by the
+    distribution name with ``-`` as ``_`` (e.g. ``"pytest_cem"``)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(dist: str) -> str | None:
@@ -283,7 +360,7 @@ def _environment() -> dict[str, str | None]:
         except PackageNotFoundError:
             return None
 
-    return {"pytest_cem": ver("pytest-cem"), "torch": ver("torch")}
+    return {d.replace("-", "_"): ver(d) for d in ("pytest-cem", "torch", *distributions)}
 
 
 def results_document(tests: Sequence[dict], *, settings: dict | None = None, environment: dict | None = None,
@@ -294,7 +371,7 @@ def results_document(tests: Sequence[dict], *, settings: dict | None = None, env
     return {
         "format": RESULTS_FORMAT,
         "format_version": RESULTS_FORMAT_VERSION,
-        "environment": dict(environment) if environment is not None else _environment(),
+        "environment": dict(environment) if environment is not None else default_environment(),
         "settings": _json_safe(dict(settings or {})),
         "summary": summarize(tests, exitstatus),
         "tests": tests,

@@ -138,7 +138,7 @@ def _load(path: str | os.PathLike, array_fields: tuple[str, ...], noun: str, wha
     return meta, arrays
 
 
-def _check_version(meta: dict, path: Any, recompute: str) -> None:
+def _validate_version(meta: dict, path: Any, recompute: str) -> None:
     version = meta.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise CEMInputError(
@@ -354,7 +354,7 @@ class CEMResult:
         meta, arrays = _load(path, ARRAY_FIELDS, "CEM result", "CEMResult")
         if meta.get("format") == SUPPORT_FORMAT:
             raise CEMInputError(f"{str(path)!r} is a support result; load it with SupportResult.load().")
-        _check_version(meta, path, "the map")
+        _validate_version(meta, path, "the map")
         meta["roi"] = ROI(*meta["roi"])
         for key in ("base_psnr", "wall_s", "tol_db"):
             if meta.get(key) is None:
@@ -497,7 +497,7 @@ class SupportResult:
             raise
         if meta.pop("format", None) != SUPPORT_FORMAT:
             raise CEMInputError(f"{str(path)!r} is not a support result (a CEMResult file? load it with CEMResult.load).")
-        _check_version(meta, path, "the support")
+        _validate_version(meta, path, "the support")
         meta["roi"] = ROI(*meta["roi"])
         for key in ("wall_s", "base_psnr"):
             if meta.get(key) is None:

@@ -3,9 +3,9 @@
 Optional: ``import cem_checks`` does not import this module (nor Hypothesis); import it explicitly::
 
     from hypothesis import given
-    from cem_checks.strategies import cem_settings, rois
+    from cem_checks.strategies import cem_hypothesis_settings, rois
 
-    @cem_settings
+    @cem_hypothesis_settings
     @given(roi=rois((32, 32), size=(4, 8)))
     def test_reach(roi): ...
 
@@ -19,10 +19,11 @@ Strategies:
 - :func:`tasks`: degradation tasks (:class:`~cem_checks.tasks.SuperResolution`, :class:`Denoising`,
   :class:`Deraining`).
 
-Profile ``"cem"`` (:data:`CEM_PROFILE`, also available as the decorator :data:`cem_settings`): no deadline
-(a map takes many forward passes), 10 examples, derandomized with no example database, so that a suite of
-CEM properties is reproducible run to run; health checks for slow data generation suppressed. Load it for a
-whole suite with ``hypothesis.settings.load_profile("cem")``.
+Profile ``"cem"`` (:data:`CEM_PROFILE`, also available as the decorator :data:`cem_hypothesis_settings`): no
+deadline (a map takes many forward passes), 10 examples, derandomized with no example database, so that a suite
+of CEM properties is reproducible run to run; health checks for slow data generation suppressed. Load it for a
+whole suite with ``hypothesis.settings.load_profile("cem")``. (The pytest plugin's ``cem_settings`` fixture is
+something else: a test's resolved pytest-cem settings.)
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
 )
-#: The ``"cem"`` profile as a decorator: ``@cem_settings`` above ``@given(...)``.
-cem_settings = settings.get_profile(CEM_PROFILE)
+#: The ``"cem"`` profile as a decorator: ``@cem_hypothesis_settings`` above ``@given(...)``.
+cem_hypothesis_settings = settings.get_profile(CEM_PROFILE)
 
 #: Seeds drawn by :func:`natural_images` lie in [0, MAX_SEED].
 MAX_SEED = 2**32 - 1
@@ -58,7 +59,7 @@ MAX_SEED = 2**32 - 1
 __all__ = [
     "CEM_PROFILE",
     "block_sizes",
-    "cem_settings",
+    "cem_hypothesis_settings",
     "crop_origin",
     "natural_crop",
     "natural_images",

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import cem_checks as cc
-from cem_checks.strategies import cem_settings, rois
+from cem_checks.strategies import cem_hypothesis_settings, rois
 
 SIZE = 64  # clean crop side (output px): a 32x32 input, 8x8 blocks of 4 px
 
 
 @settings(
-    parent=cem_settings,
+    parent=cem_hypothesis_settings,
     max_examples=6,
     # the fixtures (cem, the model, the image) do not change between examples
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

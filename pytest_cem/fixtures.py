@@ -76,7 +76,7 @@ class CEMRunner:
         if "patches" not in kwargs:
             kw["patches"] = _patch_bank(self._item.config, kw.get("patches"))
         result = LazyMap(Job(model, image, **kw))
-        records_for(self._item).pending.append((result, summary_image_px(self.settings)))
+        records_for(self._item).pending.append((result, summary_image_px(self.settings, self._item.config)))
         self.results.append(result)
         return result
 

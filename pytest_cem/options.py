@@ -11,7 +11,9 @@ marker; the marker also accepts every other keyword-only argument of ``compute_c
 ``block_size``, ...), passed through to it. Relative paths are resolved against the folder pytest was invoked
 from (command line), the folder of the ini file (ini) or the rootdir (marker and default).
 
-This module imports neither torch nor cem_checks (only :func:`engine_keywords` does, when called).
+This module imports no torch: its defaults and value checks come from :mod:`cem_checks.constants` (standard
+library only), and a bad value raises :class:`cem_checks.errors.SettingsError` (torch-free too); only
+:func:`engine_keywords` imports the engine, when called.
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from cem_checks.constants import (
+    DEFAULT_BASELINE_DIR,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_MAX_IMAGE_PX,
+    DEFAULT_MODE,
+    DEFAULT_SEED,
+    DEVICE_NAMES,
+    DEVICE_RE,
+    MODES,
+)
+
 __all__ = ["OPTIONS", "CEMSettings", "Option", "Sources", "engine_keywords", "marker_kwargs", "resolve_settings"]
 
 SOURCES = ("marker", "cli", "ini", "default")
-#: Default of ``report_max_image_px``: :data:`cem_checks.reporting.images.DEFAULT_MAX_IMAGE_PX` (not imported here).
-DEFAULT_MAX_IMAGE_PX = 384
 
 
 def _settings_error(message: str) -> Exception:
@@ -35,16 +47,15 @@ def _settings_error(message: str) -> Exception:
 
 
 # ------------------------------------------------------------------------------------------ converters
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
 def _device(value: Any, where: str) -> str:
     text = str(value).strip().lower() if isinstance(value, str) or type(value).__name__ == "device" else None
-    if text is None or not _DEVICE_RE.match(text):
+    if text is None or not DEVICE_RE.match(text):
         raise _settings_error(
-            f"{where}={value!r} is not a device; expected auto, cpu, cuda, cuda:N or mps (e.g. {where}=cpu)."
+            f"{where}={value!r} is not a device; expected {DEVICE_NAMES} (e.g. {where}=cpu)."
         )
     return text
 
@@ -160,13 +171,15 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("device", "device of the maps: auto, cpu, cuda, cuda:N or mps; tests asking for an absent device are "
-           "skipped", _device, "auto", engine=True, metavar="DEVICE"),
+           "skipped", _device, DEFAULT_DEVICE, engine=True, metavar="DEVICE"),
     Option("mode", "estimation procedure: fast (same estimand, less compute) or paper (the published one)",
-           _choice("fast", "paper"), "fast", engine=True, metavar="MODE"),
-    Option("seed", "seed of every random draw of the maps", _int_at_least(0), 0, engine=True, metavar="N"),
-    Option("batch_size", "images per forward pass: auto or an integer", _batch_size, "auto", engine=True,
+           _choice(*MODES), DEFAULT_MODE, engine=True, metavar="MODE"),
+    Option("seed", "seed of every random draw of the maps", _int_at_least(0), DEFAULT_SEED, engine=True, metavar="N"),
+    Option("batch_size", "images per forward pass: auto or an integer", _batch_size, DEFAULT_BATCH_SIZE, engine=True,
            metavar="N"),
     Option("cache_dir", "folder of resumable partial maps", _path, None, engine=True, path=True, metavar="DIR"),
+    Option("threads", "torch intra-op threads while a map runs; default: unchanged, except that each pytest-xdist "
+           "worker takes max(1, cores // workers)", _int_at_least(1), None, engine=True, metavar="N"),
     Option("patches", "natural patch bank: an .npy of (N, h, w, 3) uint8 patches or a folder of images",
            _patches, None, engine=True, path=True, metavar="PATH"),
     Option("report", "write the HTML report of the causal properties here", _path, None, path=True,
@@ -177,13 +190,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("report_max_image_px", "longest side (px) of the model input and output images embedded per map in the "
            "HTML report and the JSON results (larger images are downscaled); 0 embeds none", _image_px,
            DEFAULT_MAX_IMAGE_PX, metavar="N"),
-    Option("baseline_dir", "folder of the regression baselines of cem_baseline", _path, "cem_baselines",
+    Option("baseline_dir", "folder of the regression baselines of cem_baseline", _path, DEFAULT_BASELINE_DIR,
            path=True, metavar="DIR"),
     Option("regen", "rewrite the regression baselines that differ (those tests still fail)", _flag, False,
            flag=True),
     Option("regen_all", "rewrite every regression baseline (those tests pass)", _flag, False, flag=True),
     Option("trust_checkpoints", "let cem_load_model unpickle whole modules (this runs code stored in the file)",
            _flag, False, flag=True),
+    Option("junit_maps", "write each test's full map records (per-block grids, images) into --junitxml; by default "
+           "only scalar summaries (support radius, counts, effect range, base PSNR, passes)", _flag, False, flag=True),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -203,6 +218,7 @@ class CEMSettings:
     seed: int
     batch_size: int | str
     cache_dir: str | None
+    threads: int | None
     patches: Any
     report: str | None
     json: str | None
@@ -212,6 +228,7 @@ class CEMSettings:
     regen: bool
     regen_all: bool
     trust_checkpoints: bool
+    junit_maps: bool
     engine_extra: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
 

@@ -1,7 +1,9 @@
 """The pytest plugin, registered through the ``pytest11`` entry point ``cem``.
 
 Hooks: options and ini keys (from :data:`pytest_cem.options.OPTIONS`), the ``cem`` marker and its validation,
-collection of the property outcomes of each test, their transport in ``report.user_properties``, short
+collection of the property outcomes of each test, their transport to the controller (a report attribute) and into
+junit-xml (``user_properties``, scalar summaries unless ``--cem-junit-maps``), the map panels of each test as
+pytest-html extras when pytest-html writes a report (:mod:`pytest_cem.html_extras`), short
 failure reports of causal properties (frames inside cem_checks are hidden by its ``__tracebackhide__``), the report header and the session object (:mod:`pytest_cem.session`).
 torch and cem_checks are imported lazily: a session that uses none of this does not pay for them.
 """
@@ -15,7 +17,8 @@ import pytest
 
 from .fixtures import cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches, cem_settings  # noqa: F401
 from .options import OPTIONS, Sources, resolve_settings
-from .session import BASE_SETTINGS_KEY, SOURCES_KEY, CEMSession, check_output_paths, records_for, settings_for
+from .session import (BASE_SETTINGS_KEY, REPORT_ATTRIBUTE, SOURCES_KEY, CEMSession, check_output_paths, full_records,
+                      html_report_path, records_for, settings_for)
 
 _SESSION_PLUGIN = "cem_session"
 _ISOLATION_KEY = pytest.StashKey[ExitStack]()
@@ -107,12 +110,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    checks = sys.modules.get("cem_checks.checks")
     marked = item.get_closest_marker("cem") is not None
     uses_fixture = any(n == "cem" or n.startswith("cem_") for n in getattr(item, "fixturenames", ()))
-    # only tests that use the plugin (marker or fixture) are recorded; none can check a property without cem_checks
-    if checks is None or not (marked or uses_fixture):
+    # only tests that use the plugin (marker or fixture) are recorded: they import cem_checks anyway (its checks
+    # module may be imported lazily, on the test's first assertion, so it is imported here, before the test)
+    if not (marked or uses_fixture):
         return (yield)
+    from cem_checks import checks
     settings = settings_for(item) if marked else item.config.stash[BASE_SETTINGS_KEY]
     hint = None
     written = [f"the HTML report {settings.report}"] if settings.report is not None else []
@@ -123,17 +127,28 @@ def pytest_runtest_call(item: pytest.Item):
         try:
             return (yield)
         finally:
-            from cem_checks.records import property_record
-
-            records_for(item).properties.extend(property_record(o) for o in outcomes)
+            records_for(item).add_outcomes(outcomes)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    rec = None
     if call.when == "call":
         rec = records_for(item)
         rec.flush()
-        if not rec.empty and not rec.attached:
-            item.user_properties.extend(rec.user_properties())
+        if rec.empty:
+            rec = None
+        elif not rec.attached:
+            # junit-xml writes the user properties of the test: scalar summaries unless --cem-junit-maps
+            settings = item.config.stash[BASE_SETTINGS_KEY]
+            item.user_properties.extend(rec.user_properties(full_maps=bool(settings.junit_maps)))
             rec.attached = True
-    return (yield)
+    report = yield
+    if rec is not None:
+        # the controller's records: an attribute of the report, which pytest serialises for xdist
+        setattr(report, REPORT_ATTRIBUTE, rec.to_json(full=full_records(item.config.stash[BASE_SETTINGS_KEY])))
+        if html_report_path(item.config) is not None:
+            from .html_extras import add_extras
+
+            add_extras(item, report, rec)
+    return report

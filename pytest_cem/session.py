@@ -1,16 +1,27 @@
 """Per-test records and the session object that gathers them (on the controller only) and writes the results.
 
-Per-test data travels inside the test report: at the end of the call phase the maps and property outcomes of
-a test are appended to ``item.user_properties`` as JSON-safe entries, so pytest-xdist carries them to the
-controller and junit-xml lists them as properties:
+Per-test data travels inside the test report, so pytest-xdist carries it to the controller:
 
-- ``("cem", "<JSON>")``: ``{"maps": [map summary, ...], "properties": [property record, ...]}`` (see
-  :mod:`cem_checks.records`);
-- ``("cem:<property name>", "passed: <measured>; bound <bound>")``, one per property outcome, readable.
+- the report attribute ``cem_records`` of the call phase's report (:data:`REPORT_ATTRIBUTE`; pytest serialises
+  every attribute of a report for xdist): ``"<JSON>"`` of ``{"maps": [map summary, ...], "properties": [property
+  record, ...]}`` (see :mod:`cem_checks.records`): the full records, per-block grids and images included, when
+  ``--cem-report`` or ``--cem-json`` asks for them, else the scalar map summaries;
+- ``item.user_properties``, which junit-xml writes as properties of the test case:
+  ``("cem", "<JSON>")`` with the scalar map summaries (:func:`cem_checks.records.scalar_summary`: stage, counts,
+  support radius, effect range, base PSNR, forward passes, settings) and the verdicts and numbers of the
+  properties (:func:`cem_checks.records.property_scalars`), about 1 KB per map whatever its grid; with
+  ``--cem-junit-maps`` the full records instead; and ``("cem:<property name>", "passed: <measured>; bound
+  <bound>")``, one per property outcome, readable.
 
-:class:`CEMSession` is registered as a plugin on the controller (or the only process without xdist); it reads
-those entries from the reports, writes ``--cem-json`` and the HTML report ``--cem-report`` (from the same
-document, :mod:`cem_checks.reporting.html`) at the end and prints the terminal section "causal properties".
+Paths under the rootdir are written relative to it in the records (:func:`cem_checks.records.relative_paths`:
+e.g. a baseline's path in a failure message), so that results files compare across machines.
+
+:class:`CEMSession` is registered as a plugin on the controller (or the only process without xdist); it records
+every test of the session (with or without maps: pytest's outcome of each, a setup failure as ``"error"``, xfail
+verdicts, tests skipped before they ran, collection errors), reads the maps and properties from the reports,
+writes ``--cem-json`` and the HTML report ``--cem-report`` (from one document built by
+:func:`cem_checks.records.results_document`, :mod:`cem_checks.reporting.html`) at the end and prints the
+terminal section "causal properties".
 Both paths are checked when the session starts (:func:`check_output_paths`, a usage error); a write that still
 fails at the end is printed in that section and fails the session (exit code 4, unless tests failed).
 """
@@ -27,14 +38,24 @@ import pytest
 
 from .options import CEMSettings, Sources
 
+#: The outcomes of the results file (:data:`cem_checks.records.OUTCOMES`; not imported here: cem_checks loads
+#: lazily), the categories of pytest's summary line.
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
 USER_PROPERTY = "cem"
 PROPERTY_PREFIX = "cem:"
+#: The attribute of a call report that carries a test's full records to the controller.
+REPORT_ATTRIBUTE = "cem_records"
+#: Characters of a failure's text kept per test in the records (the end of it, where pytest puts the error).
+MESSAGE_CHARS = 4000
 
 
 @dataclass
 class ItemRecords:
-    """What one test produced: map summaries and property records (both JSON-safe dicts)."""
+    """What one test produced: map summaries and property records (both JSON-safe dicts, paths under ``root``
+    written relative to it)."""
 
+    root: str | None = None
     maps: list = field(default_factory=list)
     properties: list = field(default_factory=list)
     baseline_names: set = field(default_factory=set)
@@ -52,11 +73,36 @@ class ItemRecords:
 
         for handle, cap in self.pending:
             if handle.result is not None:
-                self.maps.append(result_summary(handle.result, max_image_px=cap))
+                self.maps.append(self._relative(result_summary(handle.result, max_image_px=cap)))
         self.pending.clear()
 
-    def user_properties(self) -> list[tuple[str, str]]:
-        out = [(USER_PROPERTY, json.dumps({"maps": self.maps, "properties": self.properties}, sort_keys=True))]
+    def add_outcomes(self, outcomes: list) -> None:
+        """Record the :class:`cem_checks.PropertyOutcome` s of the test."""
+        from cem_checks.records import property_record
+
+        self.properties.extend(self._relative(property_record(o)) for o in outcomes)
+
+    def _relative(self, record: dict) -> dict:
+        from cem_checks.records import relative_paths
+
+        return relative_paths(record, self.root) if self.root else record
+
+    def to_json(self, full: bool = True) -> str:
+        """``{"maps": [...], "properties": [...]}`` as JSON: the full records, or (``full=False``) the scalar map
+        summaries and property numbers (:func:`cem_checks.records.scalar_summary`, :func:`property_scalars`)."""
+        from cem_checks.records import property_scalars, scalar_summary
+
+        if full:
+            data = {"maps": self.maps, "properties": self.properties}
+        else:
+            data = {"maps": [scalar_summary(m) for m in self.maps],
+                    "properties": [property_scalars(p) for p in self.properties]}
+        return json.dumps(data, sort_keys=True)
+
+    def user_properties(self, full_maps: bool = False) -> list[tuple[str, str]]:
+        """The junit-xml properties of the test: ``("cem", JSON)`` (scalar summaries, or the full records with
+        ``full_maps``) and one readable ``("cem:<property>", verdict)`` per property outcome."""
+        out = [(USER_PROPERTY, self.to_json(full=full_maps))]
         for p in self.properties:
             verdict = "passed" if p.get("passed") else "failed"
             out.append((PROPERTY_PREFIX + str(p.get("name")), f"{verdict}: {p.get('measured_text')}; bound {p.get('bound_text')}"))
@@ -72,13 +118,30 @@ PATCH_CACHE_KEY = pytest.StashKey[dict]()
 BASELINE_OWNERS_KEY = pytest.StashKey[dict]()
 
 
-def summary_image_px(settings: CEMSettings) -> int:
+def summary_image_px(settings: CEMSettings, config: pytest.Config | None = None) -> int:
     """The longest side (px) of the images a map summary embeds under ``settings``: ``--cem-report-max-image-px``
-    when the session writes an HTML report or JSON results, else 0 (nothing reads them; the records that travel
-    in ``user_properties`` stay small)."""
-    if settings.report is None and settings.json is None:
+    when the session writes an HTML report or JSON results, or a pytest-html report (``--html``, read from
+    ``config``) that shows the map panels; else 0 (nothing reads them; the records stay small)."""
+    if settings.report is None and settings.json is None and not html_report_path(config):
         return 0
     return int(settings.report_max_image_px)
+
+
+def html_report_path(config: pytest.Config | None) -> str | None:
+    """The path of the pytest-html report of the session (``--html``), None without pytest-html or the option."""
+    if config is None:
+        return None
+    try:
+        path = config.getoption("htmlpath", None)
+    except ValueError:
+        return None
+    return str(path) if path else None
+
+
+def full_records(settings: CEMSettings) -> bool:
+    """Whether the controller needs a test's full records (per-block grids, images): for ``--cem-report`` or
+    ``--cem-json`` (the terminal summary needs the scalar ones only)."""
+    return settings.report is not None or settings.json is not None
 
 
 #: The files the session writes at its end: setting name, what it is, an example file name.
@@ -133,7 +196,7 @@ def check_output_paths(settings: CEMSettings) -> None:
 def records_for(item: pytest.Item) -> ItemRecords:
     rec = item.stash.get(RECORDS_KEY, None)
     if rec is None:
-        rec = item.stash[RECORDS_KEY] = ItemRecords()
+        rec = item.stash[RECORDS_KEY] = ItemRecords(root=str(item.config.rootpath))
     return rec
 
 
@@ -151,57 +214,96 @@ def settings_for(item: pytest.Item) -> CEMSettings:
     return settings
 
 
-def _cem_data(report: pytest.TestReport) -> dict | None:
-    for name, value in getattr(report, "user_properties", ()) or ():
-        if name == USER_PROPERTY:
-            try:
-                data = json.loads(value)
-            except (TypeError, ValueError):
-                return None
-            return data if isinstance(data, dict) else None
-    return None
+def _cem_data(report: Any) -> dict | None:
+    """The records a call report carries (:data:`REPORT_ATTRIBUTE`), None when it carries none."""
+    value = getattr(report, REPORT_ATTRIBUTE, None)
+    if not isinstance(value, str):
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _outcome(report: pytest.TestReport) -> str:
-    """passed / failed / skipped, or xfailed / xpassed for a test marked xfail."""
+    """The test's outcome as pytest's summary line counts it: passed / failed / skipped, ``"error"`` for a failed
+    setup, or xfailed / xpassed for a test marked xfail (a strict xpass is ``"failed"``, as pytest reports it)."""
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
+    if report.when == "setup" and report.failed:
+        return "error"
     return report.outcome
 
 
+def _message(report: Any) -> str | None:
+    """The text a test's entry keeps of ``report``: the skip reason, the expected failure, or the failure text (its
+    last :data:`MESSAGE_CHARS` characters); None for a plain pass."""
+    if hasattr(report, "wasxfail") and report.skipped:
+        return f"expected failure ({report.wasxfail or 'xfail'}):\n{report.longreprtext[-MESSAGE_CHARS:]}"
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        return str(report.longrepr[2])
+    if report.failed:
+        return report.longreprtext[-MESSAGE_CHARS:]
+    return None
+
+
 class CEMSession:
-    """Gathers the per-test records from the test reports; writes the JSON results; prints the summary."""
+    """Records every test of the session from its reports; writes the JSON results and the HTML report; prints the
+    summary."""
 
     def __init__(self, config: pytest.Config, settings: CEMSettings):
         self.config = config
         self.settings = settings
+        #: node id -> the keyword arguments of :func:`cem_checks.records.record_test` for that test
         self.tests: dict[str, dict[str, Any]] = {}
+        #: node ids of the tests that use the plugin (cem marker, or maps or properties recorded)
+        self.cem_tests: set[str] = set()
         self.json_written: str | None = None
         self.json_error: str | None = None
         self.report_written: str | None = None
         self.report_error: str | None = None
 
+    def _relative(self, text: str | None) -> str | None:
+        from cem_checks.records import relative_paths
+
+        return None if text is None else relative_paths(text, self.config.rootpath)
+
     # ------------------------------------------------------------------------------------------ hooks
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not (report.when == "call" or (report.when == "setup" and not report.passed)):
+        entry = self.tests.get(report.nodeid)
+        if report.when == "teardown":
+            if report.failed:
+                if entry is None:  # a teardown report without setup/call (not produced by pytest itself)
+                    entry = self.tests[report.nodeid] = {"nodeid": report.nodeid, "outcome": "error"}
+                entry["teardown_error"] = self._relative(report.longreprtext[-MESSAGE_CHARS:])
             return
-        data = _cem_data(report)
-        if data is None and "cem" not in report.keywords:
-            return
-        entry: dict[str, Any] = {
+        if report.when == "setup" and report.passed:
+            return  # the call phase's report gives the outcome
+        outcome = _outcome(report)
+        if outcome not in OUTCOMES:
+            return  # another plugin's verdict (e.g. "rerun"): the test's final report follows
+        data = _cem_data(report) or {}
+        entry = {
             "nodeid": report.nodeid,
-            "outcome": _outcome(report),
+            "outcome": outcome,
             "duration_s": float(report.duration),
-            "maps": list((data or {}).get("maps", [])),
-            "properties": list((data or {}).get("properties", [])),
+            "maps": list(data.get("maps") or []),
+            "properties": list(data.get("properties") or []),
+            "message": self._relative(_message(report)),
         }
-        if hasattr(report, "wasxfail") and report.skipped:
-            entry["message"] = f"expected failure ({report.wasxfail or 'xfail'}):\n{report.longreprtext[-4000:]}"
-        elif report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
-            entry["message"] = str(report.longrepr[2])
-        elif report.failed:
-            entry["message"] = report.longreprtext[-4000:]
         self.tests[report.nodeid] = entry
+        if data.get("maps") or data.get("properties") or "cem" in report.keywords:
+            self.cem_tests.add(report.nodeid)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        # a file that fails to collect is an error of pytest's summary line: recorded as a test entry of its own
+        if report.failed:
+            self.tests[report.nodeid or "<collection>"] = {
+                "nodeid": report.nodeid or "<collection>",
+                "outcome": "error",
+                "message": self._relative(f"error during collection:\n{report.longreprtext[-MESSAGE_CHARS:]}"),
+            }
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -230,11 +332,12 @@ class CEMSession:
 
     # ------------------------------------------------------------------------------------------ output
     def failed_properties(self) -> list[tuple[str, dict]]:
-        return [(nodeid, p) for nodeid, t in sorted(self.tests.items()) for p in t["properties"] if not p.get("passed")]
+        return [(nodeid, p) for nodeid, t in sorted(self.tests.items()) for p in t.get("properties") or ()
+                if not p.get("passed")]
 
     def summary_lines(self, verbose: bool = False) -> list[str]:
         s = self.settings
-        if not self.tests and s.json is None and s.report is None:
+        if not self.cem_tests and s.json is None and s.report is None:
             return []
         lines = []
         for nodeid, p in self.failed_properties():
@@ -243,16 +346,17 @@ class CEMSession:
             lines.append(f"{label} {nodeid} {p.get('name')}: measured {p.get('measured_text')}; bound {p.get('bound_text')}")
         if verbose:
             for nodeid, t in sorted(self.tests.items()):
-                for p in t["properties"]:
+                for p in t.get("properties") or ():
                     if p.get("passed"):
                         lines.append(f"passed {nodeid} {p.get('name')}: measured {p.get('measured_text')}; bound {p.get('bound_text')}")
-        n_props = sum(len(t["properties"]) for t in self.tests.values())
+        tests = [t for t in self.tests.values() if t["nodeid"] in self.cem_tests]
+        n_props = sum(len(t["properties"]) for t in tests)
         n_failed = len(self.failed_properties())
-        n_maps = sum(len(t["maps"]) for t in self.tests.values())
-        n_support = sum(m.get("stage") == "support" for t in self.tests.values() for m in t["maps"])
+        n_maps = sum(len(t["maps"]) for t in tests)
+        n_support = sum(m.get("stage") == "support" for t in tests for m in t["maps"])
         lines.append(
-            f"{n_props} propert{'y' if n_props == 1 else 'ies'} checked in {len(self.tests)} test"
-            f"{'' if len(self.tests) == 1 else 's'}: {n_props - n_failed} passed, {n_failed} failed; "
+            f"{n_props} propert{'y' if n_props == 1 else 'ies'} checked in {len(tests)} test"
+            f"{'' if len(tests) == 1 else 's'}: {n_props - n_failed} passed, {n_failed} failed; "
             f"{n_maps} map{'' if n_maps == 1 else 's'} computed"
             + (f" ({n_support} of them the support stage only)" if n_support else "")
         )
@@ -269,32 +373,13 @@ class CEMSession:
         return lines
 
     def document(self, exitstatus: int | None = None) -> dict[str, Any]:
-        """The results file's content (see :mod:`cem_checks.records` for the format)."""
-        from importlib.metadata import PackageNotFoundError, version
+        """The results file's content, built by :func:`cem_checks.records.results_document` from one
+        :func:`~cem_checks.records.record_test` entry per test of the session (in node id order)."""
+        from cem_checks.records import default_environment, record_test, results_document
 
-        from cem_checks.records import RESULTS_FORMAT, RESULTS_FORMAT_VERSION
-
-        def ver(dist: str) -> str | None:
-            try:
-                return version(dist)
-            except PackageNotFoundError:
-                return None
-
-        tests = [self.tests[k] for k in sorted(self.tests)]
-        return {
-            "format": RESULTS_FORMAT,
-            "format_version": RESULTS_FORMAT_VERSION,
-            "environment": {"pytest_cem": ver("pytest-cem"), "torch": ver("torch"), "pytest": pytest.__version__},
-            "settings": self.settings.to_record(),
-            "summary": {
-                "tests": len(tests),
-                "maps": sum(len(t["maps"]) for t in tests),
-                "properties": sum(len(t["properties"]) for t in tests),
-                "failed_properties": len(self.failed_properties()),
-                "exitstatus": exitstatus,
-            },
-            "tests": tests,
-        }
+        tests = [record_test(**self.tests[nodeid]) for nodeid in sorted(self.tests)]
+        return results_document(tests, settings=self.settings.to_record(), environment=default_environment("pytest"),
+                                exitstatus=exitstatus)
 
     def write_json(self, path: str, exitstatus: int | None = None) -> str:
         """Write :meth:`document` to ``path`` atomically; returns the path."""

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+import cem_checks
+
+# pytester's in-process runs restore sys.modules after each run, dropping the modules the run imported, while the
+# cem_checks package (imported when the plugin starts) keeps them as attributes: a later run would then mix two
+# copies of a module and its classes. Importing the whole library here keeps one copy for every run.
+for _module in pkgutil.walk_packages(cem_checks.__path__, "cem_checks."):
+    importlib.import_module(_module.name)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,6 +50,14 @@ def planted_map(natural32):
                             mode="paper", coarse=2, fine=4, progress=False, device="cpu")
     far = (source[1] // 4, source[0] // 4)
     return result, far, int(result.distance[far])
+
+
+@pytest.fixture
+def pytester(pytester, monkeypatch):
+    """pytester whose inner pytest runs (in process or in a subprocess) never load pytest-randomly: the plugin tests
+    read the inner runs' output, which must not depend on a shuffled test order."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")  # set after pytester has cleared the outer value
+    return pytester
 
 
 def pytest_configure(config):

@@ -54,3 +54,65 @@ MIXED_SUITE = TWO_PROPERTY_SUITE + """
     def test_plain():
         pass
 """
+
+#: A file mixing every outcome of pytest's summary line, with and without maps, 14 tests: 3 passed (1 with a map, 2
+#: without; one of them also errors at teardown), 3 failed (a failed property, a plain assertion, a strict xpass), 3 errors
+#: (2 fixture errors in setup, one of a test using cem, and the teardown error), 2 skipped (a marker, at run time),
+#: 3 xfailed (a plain one, one never run, one with a failed property: an expected failure), 1 xpassed.
+OUTCOMES_SUITE = TWO_PROPERTY_SUITE + """
+    @pytest.fixture
+    def broken():
+        raise RuntimeError("fixture boom")
+
+    @pytest.fixture
+    def bad_teardown():
+        yield
+        raise RuntimeError("teardown boom")
+
+    def test_plain():
+        pass
+
+    def test_plain_fails():
+        assert 1 == 2
+
+    def test_setup_error(broken):
+        pass
+
+    @pytest.mark.cem(**TINY)
+    def test_cem_setup_error(cem, broken):
+        pass
+
+    def test_teardown_error(bad_teardown):
+        pass
+
+    @pytest.mark.skip(reason="never runs")
+    def test_skipped_by_marker():
+        pass
+
+    def test_skipped_at_run_time():
+        pytest.skip("skipped at run time")
+
+    @pytest.mark.xfail(reason="known bug")
+    def test_xfailed():
+        assert False
+
+    @pytest.mark.xfail(run=False, reason="would crash")
+    def test_xfail_not_run():
+        pass
+
+    @pytest.mark.xfail(strict=True, reason="the 5 px model is claimed to reach 1 px")
+    @pytest.mark.cem(**TINY)
+    def test_expected_property_failure(cem):
+        cc.assert_receptive_field_within(cem(ConvStack((1, 1, 1, 1, 1)), IMG), radius=1)
+
+    @pytest.mark.xfail(reason="maybe fixed")
+    def test_xpassed():
+        pass
+
+    @pytest.mark.xfail(strict=True, reason="strict")
+    def test_strict_xpass():
+        pass
+"""
+
+#: pytest's summary line of :data:`OUTCOMES_SUITE` (``RunResult.parseoutcomes()`` keys).
+OUTCOMES_SUITE_COUNTS = {"passed": 3, "failed": 3, "errors": 3, "skipped": 2, "xfailed": 3, "xpassed": 1}

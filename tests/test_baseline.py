@@ -125,7 +125,8 @@ def test_a_drifted_block_is_reported(tmp_path, base_map):
     assert (w.row, w.col, w.effect_db) == (3, 4, pytest.approx(1.6))
     assert "baseline +1.400 dB, difference +0.200 dB > tolerance 0.050 dB" in w.detail
     with pytest.raises(CausalPropertyError, match=r"(?s)blocks_beyond_tolerance\(atol_db=0\.05.*\) = 1\n.*"
-                       r"1 of 20 blocks differ beyond the tolerance.*block \(row 3, col 4\) at 5 px: \+1\.600 dB"):
+                       r"1 of 20 blocks differ beyond the tolerance.*block \(x, y, w, h\) = \(8, 6, 2, 2\) px "
+                       r"\[row 3, col 4\] at 5 px: \+1\.600 dB"):
         B.assert_matches_baseline(drifted, tmp_path / "m")
     assert B.compare_to_baseline(drifted, tmp_path / "m", atol_db=0.25).passed
     assert B.compare_to_baseline(_shifted(base_map, (3, 4), 0.04), tmp_path / "m").passed

@@ -43,7 +43,8 @@ def test_positive_effect_local_passes(res):
 def test_positive_effect_local_fails_with_the_offending_block(res):
     with pytest.raises(C.CausalPropertyError, match=r"(?s)'positive_effect_local' FAILED: at least 95% of the positive "
                        r"effect mass lies within 1 px of the ROI.*= 3 px.*bound:    <= 1 px.*"
-                       r"block \(row 0, col 0\) at 3 px: \+0\.500 dB.*seed=11 mode=paper device=cpu.*see the map:") as info:
+                       r"block \(x, y, w, h\) = \(0, 0, 1, 1\) px \[row 0, col 0\] "
+                       r"at 3 px: \+0\.500 dB.*seed=11 mode=paper device=cpu.*see the map:") as info:
         C.assert_positive_effect_local(res, radius=1, mass=0.95)
     out = info.value.outcome
     assert isinstance(info.value, AssertionError)
@@ -64,7 +65,9 @@ def test_negative_fraction_passes_and_fails(res):
     assert C.assert_negative_fraction_at_most(res, 0.05).measured == pytest.approx(2 / 48)
     with pytest.raises(C.CausalPropertyError, match=r"(?s)at most 4% of the blocks hurt the ROI.*"
                        r"= 0\.04167 \(4\.17%\).*<= 0\.04 \(4\.00%\).*"
-                       r"block \(row 6, col 3\) at 3 px: -0\.400 dB.*block \(row 3, col 5\) at 2 px: -0\.100 dB"):
+                       r"block \(x, y, w, h\) = \(3, 6, 1, 1\) px \[row 6, col 3\] "
+                       r"at 3 px: -0\.400 dB.*block \(x, y, w, h\) = \(5, 3, 1, 1\) px \[row 3, col 5\] "
+                       r"at 2 px: -0\.100 dB"):
         C.assert_negative_fraction_at_most(res, 0.04)
     by_mass = C.check_negative_fraction_at_most(res, 0.05, by="mass")  # 0.5 of 9 dB = 5.6 %
     assert not by_mass.passed and by_mass.measured == pytest.approx(0.5 / 9)
@@ -90,8 +93,10 @@ def test_receptive_field_within_by_support_effect_and_significance():
     assert C.assert_receptive_field_within(r, 2).measured == 2
     assert C.assert_receptive_field_within(r, 2, by="significant").measured == 2
     with pytest.raises(C.CausalPropertyError, match=r"(?s)no block farther than 2 px from the ROI has a non-zero effect.*"
-                       r"max_reach\(significant=False\) = 3 px.*block \(row 0, col 0\) at 3 px: \+0\.500 dB, 95% CI "
-                       r"\[-1\.460, \+2\.460\]\n    block \(row 6, col 3\) at 3 px: -0\.400 dB"):
+                       r"max_reach\(significant=False\) = 3 px.*block \(x, y, w, h\) = \(0, 0, 1, 1\) px \[row 0, col 0\] "
+                       r"at 3 px: \+0\.500 dB, 95% CI "
+                       r"\[-1\.460, \+2\.460\]\n    block \(x, y, w, h\) = \(3, 6, 1, 1\) px \[row 6, col 3\] "
+                       r"at 3 px: -0\.400 dB"):
         C.assert_receptive_field_within(r, 2, by="effect")
     with pytest.raises(C.CausalPropertyError, match=r"(?s)changes the ROI output in any draw.*support_radius\(\) = 2 px.*<= 1 px"):
         C.assert_receptive_field_within(r, 1)
@@ -114,14 +119,18 @@ def test_uses_context_beyond(res):
     assert C.assert_uses_context_beyond(res, 2, 0.1).measured == pytest.approx(0.9 / 9)
     with pytest.raises(C.CausalPropertyError, match=r"(?s)at least 20% of the absolute effect mass comes from blocks "
                        r"farther than 2 px.*context_share\(beyond=2\.0.*= 0\.1 \(10\.00%\).*>= 0\.2.*"
-                       r"block \(row 0, col 0\) at 3 px: \+0\.500 dB.*block \(row 6, col 3\) at 3 px: -0\.400 dB"):
+                       r"block \(x, y, w, h\) = \(0, 0, 1, 1\) px \[row 0, col 0\] "
+                       r"at 3 px: \+0\.500 dB.*block \(x, y, w, h\) = \(3, 6, 1, 1\) px \[row 6, col 3\] "
+                       r"at 3 px: -0\.400 dB"):
         C.assert_uses_context_beyond(res, 2, 0.2)
 
 
 def test_planted_non_local_model_uses_context_and_is_not_local(planted_map):
     r, far, d = planted_map
     assert C.assert_uses_context_beyond(r, 8, 0.9).measured == 1.0
-    with pytest.raises(C.CausalPropertyError, match=rf"(?s)= {d} px.*block \(row {far[0]}, col {far[1]}\) at {d} px: \+"):
+    with pytest.raises(C.CausalPropertyError,
+                       match=rf"(?s)= {d} px.*block \(x, y, w, h\) = \({far[1] * 4}, {far[0] * 4}, 4, 4\) px "
+                       rf"\[row {far[0]}, col {far[1]}\] at {d} px: \+"):
         C.assert_positive_effect_local(r, 8)
 
 
@@ -139,7 +148,8 @@ def test_effect_range_between(res):
     # outside the ROI: max +1.0, min -0.4
     assert C.assert_effect_range_between(res, 1.0, 2.0).measured == pytest.approx(1.4)
     with pytest.raises(C.CausalPropertyError, match=r"(?s)lies between 0\.1 and 1 dB.*= 1\.4 dB.*between 0\.1 dB and 1 dB "
-                       r"\(inclusive\).*\(row \d, col \d\) at 1 px: \+1\.000 dB.*\(row 6, col 3\) at 3 px: -0\.400 dB"):
+                       r"\(inclusive\).*\(\d, \d, 1, 1\) px \[row \d, col \d\] at 1 px: \+1\.000 dB"
+                       r".*\(3, 6, 1, 1\) px \[row 6, col 3\] at 3 px: -0\.400 dB"):
         C.assert_effect_range_between(res, 0.1, 1.0)
     assert C.check_effect_range_between(res, 4.0, 5.0, include_roi=True).passed  # +4.0 - (-0.4)
 
@@ -208,8 +218,8 @@ def test_outcome_records_are_json_safe_and_frames_tidy(res):
     out = C.check_positive_effect_local(res, 1, mass=0.95)
     rec = json.loads(json.dumps(out.to_record(), allow_nan=False))
     assert rec["name"] == "positive_effect_local" and rec["passed"] is False and rec["measured"] == 3
-    assert rec["worst_blocks"][0] == {"row": 0, "col": 0, "distance_px": 3, "effect_db": 0.5, "ci_low_db": 0.5,
-                                      "ci_high_db": 0.5, "detail": ""}
+    assert rec["worst_blocks"][0] == {"row": 0, "col": 0, "box_px": [0, 0, 1, 1], "distance_px": 3, "effect_db": 0.5,
+                                      "ci_low_db": 0.5, "ci_high_db": 0.5, "detail": ""}
     assert rec["settings"]["roi"] == [3, 3, 1] and rec["params"]["mass"] == 0.95
     frame = out.to_frame()
     assert frame[["row", "col", "distance_px"]].values.tolist() == [[0, 0, 3]]

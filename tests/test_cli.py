@@ -107,10 +107,10 @@ def test_cem_report_merges_plugin_results(pytester, shards, tmp_path):
     assert out.returncode == 0, out.stderr
     doc = json.loads((tmp_path / "mixed.json").read_text())
     assert [t["nodeid"] for t in doc["tests"]] == [
-        "test_suite.py::test_absent_device", "test_suite.py::test_local", "test_suite.py::test_too_wide",
-        "t.py::test_local", "t.py::test_shared",
+        "test_suite.py::test_absent_device", "test_suite.py::test_local", "test_suite.py::test_plain",
+        "test_suite.py::test_too_wide", "t.py::test_local", "t.py::test_shared",
     ]
-    assert doc["summary"] == {"tests": 5, "maps": 4, "properties": 4, "failed_properties": 1, "exitstatus": 1}
+    assert doc["summary"] == {"tests": 6, "maps": 4, "properties": 4, "failed_properties": 1, "exitstatus": 1}
 
 
 def test_cem_report_bad_inputs_name_the_file(shards, tmp_path):

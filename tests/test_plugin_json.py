@@ -1,4 +1,5 @@
-"""--cem-json: the maps and property outcomes of every test, written once by the controller."""
+"""--cem-json: every test of the session with its outcome, maps and property outcomes, written once by the
+controller."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ def test_json_holds_every_cem_test_with_real_values(pytester):
     assert (doc["format"], doc["format_version"]) == ("pytest-cem-results", 1)
     assert doc["settings"]["seed"] == 2 and doc["settings"]["sources"]["seed"] == "cli"
     tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
-    assert sorted(tests) == ["test_absent_device", "test_local", "test_too_wide"]  # test_plain used no map
-    assert [tests[k]["outcome"] for k in sorted(tests)] == ["skipped", "passed", "failed"]
+    # every test of the session, test_plain (no map) too
+    assert sorted(tests) == ["test_absent_device", "test_local", "test_plain", "test_too_wide"]
+    assert [tests[k]["outcome"] for k in sorted(tests)] == ["skipped", "passed", "passed", "failed"]
+    assert tests["test_plain"]["maps"] == tests["test_plain"]["properties"] == []
     assert "not available" in tests["test_absent_device"]["message"]
     local, wide = tests["test_local"], tests["test_too_wide"]
     assert [m["support_radius_px"] for m in local["maps"] + wide["maps"]] == [1, 5]
@@ -28,7 +31,7 @@ def test_json_holds_every_cem_test_with_real_values(pytester):
     assert (p_wide["passed"], p_wide["measured"], p_wide["bound"]) == (False, 5, 1)
     assert p_wide["measured_text"] == "support_radius() = 5 px" and p_wide["bound_text"] == "<= 1 px"
     assert "out/results.json" in p_wide["map_hint"]  # the failure message says where the results are
-    assert doc["summary"] == {"tests": 3, "maps": 2, "properties": 2, "failed_properties": 1, "exitstatus": 1}
+    assert doc["summary"] == {"tests": 4, "maps": 2, "properties": 2, "failed_properties": 1, "exitstatus": 1}
 
 
 def test_no_file_without_the_option(pytester):

@@ -50,7 +50,7 @@ def test_positional_arguments_and_bad_values_are_refused(pytester):
     """)
     result = pytester.runpytest()
     result.assert_outcomes(errors=2, passed=1)
-    result.stdout.fnmatch_lines([
-        "*@pytest.mark.cem got positional arguments ('dn25',); it takes keywords only*",
-        "*@pytest.mark.cem(seed)=-1 must be an integer >= 0*",
-    ])
+    # one message per refused test, in whatever order the tests ran
+    for line in ("*@pytest.mark.cem got positional arguments ('dn25',); it takes keywords only*",
+                 "*@pytest.mark.cem(seed)=-1 must be an integer >= 0*"):
+        result.stdout.fnmatch_lines([line])

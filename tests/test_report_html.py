@@ -169,7 +169,8 @@ def test_passing_properties_collapsed_unless_show_passing():
     doc = document([a_test("t.py::test_x", [], [prop("p_ok", True), prop("p_bad", False)], outcome="failed")])
     collapsed = render_report(doc)
     shown = render_report(doc, show_passing=True)
-    assert '<details class="prop failed" open>' in collapsed and '<details class="prop passed">' in collapsed
+    # a failed property is expanded at the top of its test's section; passing ones are collapsed
+    assert '<details class="prop failure failed" open>' in collapsed and '<details class="prop passed">' in collapsed
     assert '<details class="prop passed" open>' in shown
 
 

@@ -189,7 +189,8 @@ def test_the_overlay_blends_the_effect_colours_over_the_grey_input(result, summa
     assert np.abs(img[y, x] - expected).max() <= 1
     x0, y0, x1, y1 = (v * k for v in summary["images"]["input"]["roi_box"])
     assert (img[y0, x0] == I.ROI_BOX_RGB).all() and (img[y1 - 1, x1 - 1] == I.ROI_BOX_RGB).all()
-    assert len(page.images["colorbar"]) == 1 and len(page.images["heatmap"]) == 1
+    # a colour bar under each effect panel: the overlay and the heatmap
+    assert len(page.images["colorbar"]) == 2 and len(page.images["heatmap"]) == 1
 
 
 def test_the_chart_has_one_point_per_block_outside_the_roi_in_order_of_distance(result, summary, page):

@@ -25,10 +25,10 @@ def test_importing_cem_checks_does_not_import_hypothesis():
 def test_the_cem_profile_is_registered():
     prof = settings.get_profile(S.CEM_PROFILE)
     assert prof.deadline is None and prof.max_examples == 10 and prof.derandomize and prof.database is None
-    assert S.cem_settings.max_examples == 10
+    assert S.cem_hypothesis_settings.max_examples == 10
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(roi=S.rois((24, 40), size=(4, 12), scale=4))
 def test_rois_are_inside_the_output_and_aligned_to_the_scale(roi):
     assert isinstance(roi, cc.ROI)
@@ -37,19 +37,19 @@ def test_rois_are_inside_the_output_and_aligned_to_the_scale(roi):
     roi.validate((24, 40), 4)
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(roi=S.rois((9, 9)))
 def test_rois_without_a_size_cover_every_side(roi):
     assert 1 <= roi.size <= 9 and roi.x + roi.size <= 9 and roi.y + roi.size <= 9
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(b=S.block_sizes(2, 12, divides=24), c=S.block_sizes(3, 5))
 def test_block_sizes(b, c):
     assert b in (2, 3, 4, 6, 8, 12) and 3 <= c <= 5
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(img=S.natural_images(size=(16, 24)), textured=S.natural_images(size=8, min_std=20.0))
 def test_natural_images_are_uint8_crops(img, textured):
     assert img.shape == (16, 24, 3) and img.dtype == np.uint8
@@ -82,7 +82,7 @@ def test_different_seeds_give_different_crops():
     assert {S.crop_origin(s, 32, names=["chelsea"])[0] for s in range(5)} == {"chelsea"}
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(task=S.tasks())
 def test_tasks_are_task_objects(task):
     assert isinstance(task, cc.Task) and isinstance(task, (cc.SuperResolution, cc.Denoising, cc.Deraining))
@@ -92,7 +92,7 @@ def test_tasks_are_task_objects(task):
         assert task.sigma in (15, 25, 50)
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(task=S.tasks(["dn"], sigmas=[5]))
 def test_tasks_of_one_kind(task):
     assert isinstance(task, cc.Denoising) and task.sigma == 5
@@ -124,7 +124,7 @@ def test_invalid_strategy_arguments_raise_typed_errors(call, match):
 MODEL = ConvStack((1, 1, 1))  # receptive radius 3 input px
 
 
-@S.cem_settings
+@S.cem_hypothesis_settings
 @given(image=S.natural_images(size=24), roi=S.rois((24, 24), size=(2, 8)), block=S.block_sizes(3, 6, divides=24),
        seed=st.integers(0, 1000))
 def test_a_conv_stack_never_reaches_beyond_its_receptive_field(image, roi, block, seed):

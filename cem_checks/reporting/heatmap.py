@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 #: Exponent of the signed power applied after clipping.
 POWER = 1 / 1.2
@@ -147,34 +147,29 @@ def sequential_png(values: Any, vmax: float, roi_mask: Any = None, cell: int | N
     return _png(Image.fromarray(_cells(sequential(v, vmax), cell, roi_mask, "the map"), mode="RGB"))
 
 
-def _fmt_db(v: float | None) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.3g} dB"
-
-
 def colorbar_image(bound: float, vmin: float | None, vmax: float | None, width: int = 320, height: int = 14) -> Image.Image:
-    """A horizontal colour bar from -``bound`` to +``bound`` (same display transform as the heatmap), with
-    ticks at the map's min and max effect and labels "min ... dB" (left) and "max ... dB" (right) below it."""
+    """A horizontal colour bar from -``bound`` to +``bound`` (same display transform as the heatmap), framed, with
+    ticks below it at the map's min and max effect. The labels are not drawn into the image: the report writes them
+    as text under it (:func:`colorbar_ticks` says where)."""
     bound = float(bound)
     t = np.linspace(-1.0, 1.0, width)
     row = seismic(np.sign(t) * np.abs(t) ** POWER)
     bar = np.repeat(row[None, :, :], height, axis=0)
-    font = ImageFont.load_default()
-    label_h = 30
-    img = Image.new("RGB", (width, height + label_h), (255, 255, 255))
+    img = Image.new("RGB", (width, height + 5), (255, 255, 255))
     img.paste(Image.fromarray(bar, mode="RGB"), (0, 0))
     draw = ImageDraw.Draw(img)
     draw.rectangle([0, 0, width - 1, height - 1], outline=(120, 120, 120))
     for v in (vmin, vmax):
         if v is not None and math.isfinite(v):
-            x = int(round((min(max(v / bound, -1.0), 1.0) + 1.0) / 2.0 * (width - 1)))
-            draw.line([x, 0, x, height + 3], fill=(0, 0, 0), width=1)
-    draw.text((1, height + 3), f"-{bound:g}", fill=(60, 60, 60), font=font)
-    end = f"+{bound:g} dB"
-    draw.text((width - 1 - draw.textlength(end, font=font), height + 3), end, fill=(60, 60, 60), font=font)
-    draw.text((1, height + 16), f"min {_fmt_db(vmin)}", fill=(0, 0, 0), font=font)
-    right = f"max {_fmt_db(vmax)}"
-    draw.text((width - 1 - draw.textlength(right, font=font), height + 16), right, fill=(0, 0, 0), font=font)
+            x = round(colorbar_position(v, bound) * (width - 1))
+            draw.line([x, 0, x, height + 4], fill=(0, 0, 0), width=1)
     return img
+
+
+def colorbar_position(value: float, bound: float) -> float:
+    """Where ``value`` (dB) sits on a colour bar from -``bound`` to +``bound``: 0 (left end) to 1 (right end),
+    clipped. The bar is linear in dB; only its colours follow the display transform."""
+    return (min(max(float(value) / float(bound), -1.0), 1.0) + 1.0) / 2.0
 
 
 def colorbar_png(bound: float, vmin: float | None, vmax: float | None, width: int = 320) -> bytes:
@@ -187,8 +182,8 @@ def colorbar_png(bound: float, vmin: float | None, vmax: float | None, width: in
 SUPPORT_RGB = {"support": (84, 39, 143), "none": (255, 255, 255), "unresolved": (200, 200, 200)}
 
 
-def support_png(support: Any, resolved: Any = None, roi_mask: Any = None, cell: int | None = None) -> bytes:
-    """PNG bytes of a (rows, cols) support map: :data:`SUPPORT_RGB` colours per block (``resolved`` None: every
+def support_image(support: Any, resolved: Any = None, roi_mask: Any = None, cell: int | None = None) -> Image.Image:
+    """A (rows, cols) support map as an RGB image: :data:`SUPPORT_RGB` colours per block (``resolved`` None: every
     block decided), ROI blocks outlined."""
     sup = np.asarray(support, dtype=bool)
     if sup.ndim != 2 or sup.size == 0:
@@ -202,4 +197,18 @@ def support_png(support: Any, resolved: Any = None, roi_mask: Any = None, cell: 
     rgb[...] = SUPPORT_RGB["unresolved"]
     rgb[res & ~sup] = SUPPORT_RGB["none"]
     rgb[sup] = SUPPORT_RGB["support"]
-    return _png(Image.fromarray(_cells(rgb, cell, roi_mask, "the support map"), mode="RGB"))
+    return Image.fromarray(_cells(rgb, cell, roi_mask, "the support map"), mode="RGB")
+
+
+def support_png(support: Any, resolved: Any = None, roi_mask: Any = None, cell: int | None = None) -> bytes:
+    """PNG bytes of :func:`support_image`."""
+    return _png(support_image(support, resolved, roi_mask, cell))
+
+
+def sequential_bar_png(width: int = 160, height: int = 12) -> bytes:
+    """PNG bytes of the colour bar of :func:`sequential`: white (0, left) to :data:`SEQUENTIAL_TOP_RGB` (the top
+    value, right), framed."""
+    row = sequential(np.linspace(0.0, 1.0, width), 1.0)
+    img = Image.fromarray(np.repeat(row[None, :, :], height, axis=0), mode="RGB")
+    ImageDraw.Draw(img).rectangle([0, 0, width - 1, height - 1], outline=(120, 120, 120))
+    return _png(img)

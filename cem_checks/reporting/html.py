@@ -9,6 +9,15 @@ uncertainty summary with a stderr map, block counts
 and settings. No external resources and no script library: the page opens offline. Maps recorded by older
 versions, without images, distances or stderr, render with a note in place of what they lack.
 
+Each test's section starts with its failed properties, expanded: the measured value, the bound, a one-line hint on
+how to act (:mod:`cem_checks.reporting.hints`), the offending blocks as input-px boxes ``(x, y, w, h)`` with their
+effect, CI and distance, and the full message. The offending blocks are outlined on the panels of the test's maps
+of the same run (model, task, ROI, block size, scale and seed): elements with ``data-cem-offending="x,y,w,h"``
+(input px) positioned over the support panel, the heatmap and the overlay. Every test of the results appears in
+the summary's counts (as pytest's summary line counts them, :func:`cem_checks.records.outcome_counts`); tests
+without maps, properties or a failure are listed in one table. A failed property of a test that pytest counted as
+an expected failure (xfail) is labelled "xfailed", apart from the failures.
+
 The Jinja2 templates live in the top-level ``templates/`` folder of the source tree, installed inside the wheel as
 ``cem_checks/templates/`` (see :func:`template_dir`). Autoescape is on and undefined names raise; all the logic is
 here, the template only lays out the view model.
@@ -17,6 +26,8 @@ here, the template only lays out the view model.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import math
 import os
 import re
@@ -28,12 +39,15 @@ import numpy as np
 from PIL import Image
 
 from .._io import atomic_write_text
-from .heatmap import _png, cell_size, colorbar_png, float_grid, heatmap_png, sequential_png, support_png
+from .heatmap import (SUPPORT_RGB, _png, cell_size, colorbar_png, colorbar_position, float_grid,
+                      heatmap_png, sequential_bar_png, sequential_png, support_png)
+from .hints import property_hint
 from .images import boxed_image, overlay_image
 
 TEMPLATE = "report.html.j2"
 
-__all__ = ["MAX_CHART_POINTS", "TEMPLATE", "render_report", "report_context", "template_dir", "write_report"]
+__all__ = ["MAX_CHART_POINTS", "TEMPLATE", "offending_boxes", "panel_pngs", "render_report", "report_context",
+           "section_anchor", "template_dir", "write_report"]
 
 
 def template_dir() -> Path:
@@ -68,9 +82,12 @@ def _num(v: Any, fmt: str = "{:.3g}", unit: str = "") -> str:
     return f"{v}{unit}"
 
 
-def _anchor(index: int, nodeid: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", nodeid).strip("-")[:80]
-    return f"t{index}-{slug}" if slug else f"t{index}"
+def section_anchor(nodeid: str) -> str:
+    """The id of a test's section in the report: the node id made URL-safe (at most 80 characters) and 8 hex digits
+    of its SHA-1, so that it depends on the node id alone (other tools link to it, e.g. the pytest-html extras)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", str(nodeid)).strip("-")[:80]
+    digest = hashlib.sha1(str(nodeid).encode("utf-8")).hexdigest()[:8]
+    return f"t-{slug}-{digest}" if slug else f"t-{digest}"
 
 
 def _grid(values: Any, shape: tuple[int, int] | None, dtype=float) -> "np.ndarray | None":
@@ -214,10 +231,80 @@ def profile_chart(effect: Any, roi_mask: Any, distance: Any, max_points: int = M
     }
 
 
+def _block_size(m: dict) -> int | None:
+    """The block side (input px) of a map summary, from its settings (None when absent or not a positive int)."""
+    b = (m.get("settings") or {}).get("block_size")
+    return int(b) if isinstance(b, int) and not isinstance(b, bool) and b > 0 else None
+
+
+def _shape(m: dict) -> tuple[int, int] | None:
+    grid = m.get("grid") or []
+    if len(grid) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid):
+        return int(grid[0]), int(grid[1])
+    return None
+
+
+#: The settings that identify the run of a map: a property outcome and a map summary of a test with equal values
+#: are of the same map (the property's offending blocks are outlined on that map's panels).
+RUN_KEYS = ("model", "task", "roi", "block_size", "scale", "seed")
+
+
+def _run_key(settings: Any) -> str:
+    s = settings if isinstance(settings, dict) else {}
+    return json.dumps([s.get(k) for k in RUN_KEYS], default=str)
+
+
+def _block_box(block: dict, block_px: int | None) -> list[int] | None:
+    """The box ``[x, y, w, h]`` (input px) of an offending block record: its ``box_px``, else its row and column
+    times ``block_px``; None when neither is known."""
+    box = block.get("box_px")
+    if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box):
+        return [int(v) for v in box]
+    r, c = block.get("row"), block.get("col")
+    if block_px and isinstance(r, int) and isinstance(c, int):
+        return [c * block_px, r * block_px, block_px, block_px]
+    return None
+
+
+def _outlines(boxes: list[dict], frame_w: float, frame_h: float) -> list[dict]:
+    """The outline elements of ``boxes`` (``{"box": [x, y, w, h], "title": ...}``, input px) over an image showing
+    the input-px rectangle ``(0, 0, frame_w, frame_h)``: ``data`` (``"x,y,w,h"``) and the CSS position in percent of
+    the image."""
+    out = []
+    for b in boxes:
+        x, y, w, h = b["box"]
+        style = (f"left: {100 * x / frame_w:.4f}%; top: {100 * y / frame_h:.4f}%; width: {100 * w / frame_w:.4f}%; "
+                 f"height: {100 * h / frame_h:.4f}%")
+        out.append({"data": ",".join(str(v) for v in b["box"]), "style": style, "title": b["title"]})
+    return out
+
+
+def _colorbar_view(bound: Any, vmin: Any, vmax: Any, width: int) -> dict:
+    """A colour bar of the effect display (-bound .. +bound dB) ``width`` px wide, its labels written as text under
+    it: the two ends and 0, and the map's min and max effect (ticks on the bar)."""
+    b = float(bound)
+    ticks = []
+    for name, v in (("min", vmin), ("max", vmax)):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            ticks.append(f"{name} {v:+.3g} dB")
+    clipped = [v for v in (vmin, vmax) if isinstance(v, (int, float)) and math.isfinite(v) and abs(v) > b]
+    return {
+        "image": _data_uri(colorbar_png(b, vmin, vmax, width)),
+        "width": int(width),
+        "low": f"-{b:g} dB",
+        "high": f"+{b:g} dB",
+        "range": ("map " + ", ".join(ticks) + (" (beyond the scale: clipped)" if clipped else "")) if ticks else
+                 "map min and max: n/a",
+        "tick_positions": [round(100 * colorbar_position(v, b), 2) for v in (vmin, vmax)
+                           if isinstance(v, (int, float)) and math.isfinite(v)],
+    }
+
+
 def _image_views(m: dict, effect: Any, bound: Any) -> tuple[dict, str | None]:
     """The data URIs of the input, output and overlay images of a map summary (None where there is none), the
-    overlay's width (px, 0 without one) and a note saying why images are missing (None when all are drawn)."""
-    views: dict[str, Any] = {"input": None, "output": None, "overlay": None, "overlay_width": 0}
+    overlay's width (px, 0 without one), the input-px size of the image the overlay shows, and a note saying why
+    images are missing (None when all are drawn)."""
+    views: dict[str, Any] = {"input": None, "output": None, "overlay": None, "overlay_width": 0, "source": None}
     images = m.get("images")
     if not isinstance(images, dict):
         return views, "no image data in the records (this map was recorded by an older pytest-cem)"
@@ -235,9 +322,12 @@ def _image_views(m: dict, effect: Any, bound: Any) -> tuple[dict, str | None]:
             arr, _ = boxed_image(rec)
             views[key] = _data_uri(_png(Image.fromarray(arr, mode="RGB")))
             if key == "input" and effect and bound:
-                over, _ = overlay_image(rec, effect, bound)
+                over, _ = overlay_image(rec, effect, bound, _block_size(m))
                 views["overlay"] = _data_uri(_png(Image.fromarray(over, mode="RGB")))
                 views["overlay_width"] = int(over.shape[1])
+                src = (rec.get("source_width"), rec.get("source_height"))
+                if all(isinstance(v, int) and v > 0 for v in src):
+                    views["source"] = src
         except (ValueError, TypeError, KeyError) as exc:
             notes.append(f"unreadable {what} image data in the records ({exc})")
     return views, "; ".join(notes) or None
@@ -258,22 +348,31 @@ def _uncertainty_view(m: dict) -> dict | None:
                   f"at most {_num(u.get('draws_max'))}"),
     ]
     stderr_map = None
-    grid = m.get("grid") or []
-    shape = (int(grid[0]), int(grid[1])) if len(grid) == 2 and all(isinstance(v, int) for v in grid) else (0, 0)
+    shape = _shape(m) or (0, 0)
     se = _grid(m.get("stderr_db"), shape)
     n = _grid(m.get("n_samples"), shape, np.int64)
     vmax = u.get("stderr_max_db")
+    width = 0
     if se is not None and n is not None:
         shown = np.where(n > 0, se, np.nan)
         top = float(vmax) if isinstance(vmax, (int, float)) and vmax > 0 else 0.0
-        stderr_map = _data_uri(sequential_png(shown, top, _grid(m.get("roi_mask"), shape, bool)))
-    return {"rows": rows, "stderr_map": stderr_map, "stderr_max": _num(vmax, "{:.3g}", " dB")}
+        png = sequential_png(shown, top, _grid(m.get("roi_mask"), shape, bool))
+        stderr_map = _data_uri(png)
+        width = max(1, max(2, cell_size(*shape) // 2) * shape[1])
+    bar = None
+    if stderr_map is not None:
+        bar = {"image": _data_uri(sequential_bar_png(max(120, width))), "width": max(120, width), "low": "0 dB",
+               "high": _num(vmax, "{:.3g}", " dB")}
+    return {"rows": rows, "stderr_map": stderr_map, "stderr_max": _num(vmax, "{:.3g}", " dB"), "bar": bar}
+
+
+def _rgb(c: tuple) -> str:
+    return "#%02x%02x%02x" % tuple(int(v) for v in c)
 
 
 def _support_view(m: dict) -> dict | None:
-    """The support panel of a map summary (None when it records no support grid)."""
-    grid = m.get("grid") or []
-    shape = (int(grid[0]), int(grid[1])) if len(grid) == 2 and all(isinstance(v, int) for v in grid) else None
+    """The support panel of a map summary (None when it records no support grid) and its legend."""
+    shape = _shape(m)
     sup = _grid(m.get("support"), shape, bool)
     if sup is None:
         return None
@@ -285,10 +384,25 @@ def _support_view(m: dict) -> dict | None:
     if n_unresolved:
         caption += (f"; grey: {n_unresolved} blocks not decided (their group changed the ROI output, none was "
                     "tested alone)")
-    return {"image": _data_uri(support_png(sup, resolved, roi)), "caption": caption + "; ROI outlined"}
+    legend = [(_rgb(SUPPORT_RGB["support"]), f"changes the ROI output ({int(sup.sum())})"),
+              (_rgb(SUPPORT_RGB["none"]), "no effect")]
+    if n_unresolved:
+        legend.append((_rgb(SUPPORT_RGB["unresolved"]), f"not decided ({n_unresolved})"))
+    return {"image": _data_uri(support_png(sup, resolved, roi)), "caption": caption + "; ROI outlined",
+            "legend": legend, "width": cell_size(*sup.shape) * sup.shape[1]}
 
 
-def _support_stage_view(m: dict, index: int) -> dict:
+def _offending_views(m: dict, boxes: list[dict], images: dict) -> dict:
+    """The outlines of the offending ``boxes`` over the panels of map summary ``m``: ``grid`` for the support panel
+    and the heatmap (which show the grid of blocks), ``overlay`` for the overlay (which shows the whole input)."""
+    shape, b = _shape(m), _block_size(m)
+    grid = _outlines(boxes, shape[1] * b, shape[0] * b) if boxes and shape and b else []
+    source = images.get("source")
+    overlay = _outlines(boxes, source[0], source[1]) if boxes and source else []
+    return {"grid": grid, "overlay": overlay, "count": len(boxes)}
+
+
+def _support_stage_view(m: dict, index: int, boxes: list[dict]) -> dict:
     """The view of a map of which only the support stage ran: the support panel and its numbers, no effects."""
     s = m.get("settings") or {}
     grid = m.get("grid") or ["?", "?"]
@@ -307,7 +421,7 @@ def _support_stage_view(m: dict, index: int) -> dict:
         ("draws per group test", s.get("draws")),
         ("device", s.get("device")),
         ("block size", _num(s.get("block_size"), unit=" px")),
-        ("ROI (top, left, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
+        ("ROI (x, y, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
         ("forward passes", _num(m.get("forward_passes"))),
         ("time", _num(m.get("wall_s"), "{:.2f}", " s")),
         ("patch bank", ", ".join(f"{k} {v}" for k, v in sorted((m.get("patch_bank") or {}).items())) or "n/a"),
@@ -321,9 +435,11 @@ def _support_stage_view(m: dict, index: int) -> dict:
         "model": str(m.get("model") or ""),
         "heatmap": None,
         "colorbar": None,
+        "overlay_colorbar": None,
         "images": images,
         "image_note": image_note,
         "support": _support_view(m),
+        "offending": _offending_views(m, boxes, images),
         "chart": None,
         "uncertainty": None,
         "bound": "n/a",
@@ -337,18 +453,21 @@ def _support_stage_view(m: dict, index: int) -> dict:
     }
 
 
-def _map_view(m: dict, index: int) -> dict:
+def _map_view(m: dict, index: int, boxes: list[dict]) -> dict:
     if m.get("stage") == "support":
-        return _support_stage_view(m, index)
+        return _support_stage_view(m, index, boxes)
     s = m.get("settings") or {}
     effect = m.get("effect_db")
     bound = m.get("display_bound_db")
-    heatmap = colorbar = None
+    heatmap = colorbar = overlay_colorbar = None
     images, image_note = _image_views(m, effect, bound)
     if effect and bound:
         heatmap = _data_uri(heatmap_png(effect, bound, m.get("roi_mask")))
-        width = max(200, images["overlay_width"] or cell_size(len(effect), len(effect[0])) * len(effect[0]))
-        colorbar = _data_uri(colorbar_png(bound, m.get("effect_min_db"), m.get("effect_max_db"), width))
+        width = cell_size(len(effect), len(effect[0])) * len(effect[0])
+        colorbar = _colorbar_view(bound, m.get("effect_min_db"), m.get("effect_max_db"), width)
+        if images["overlay"]:
+            overlay_colorbar = _colorbar_view(bound, m.get("effect_min_db"), m.get("effect_max_db"),
+                                              images["overlay_width"])
     chart = profile_chart(effect, m.get("roi_mask"), m.get("distance_px")) if effect else None
     grid = m.get("grid") or ["?", "?"]
     settings = [
@@ -358,7 +477,7 @@ def _map_view(m: dict, index: int) -> dict:
         ("samples", f"coarse {s.get('coarse')}, fine {s.get('fine')}"),
         ("device", s.get("device")),
         ("block size", _num(s.get("block_size"), unit=" px")),
-        ("ROI (top, left, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
+        ("ROI (x, y, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
         ("zero threshold", _num(s.get("tol_db"), unit=" dB")),
         ("forward passes", _num(m.get("forward_passes"))),
         ("time", _num(m.get("wall_s"), "{:.2f}", " s")),
@@ -370,8 +489,10 @@ def _map_view(m: dict, index: int) -> dict:
         "stage_note": None,
         "model": str(m.get("model") or ""),
         "support": _support_view(m),
+        "offending": _offending_views(m, boxes, images),
         "heatmap": heatmap,
         "colorbar": colorbar,
+        "overlay_colorbar": overlay_colorbar,
         "images": images,
         "image_note": image_note,
         "chart": chart,
@@ -392,68 +513,249 @@ def _map_view(m: dict, index: int) -> dict:
     }
 
 
-def _property_view(p: dict, show_passing: bool) -> dict:
-    passed = bool(p.get("passed"))
+def panel_pngs(m: dict, boxes: list[dict]) -> list[tuple[str, bytes]]:
+    """The map panels of map summary ``m`` as PNG images with the offending ``boxes`` (:func:`offending_boxes`)
+    drawn in (:data:`~cem_checks.reporting.images.OFFENDING_RGB` between dark lines): ``(name, png)`` for the
+    effect over the input (when the summary has images), the effect per block and the support, as far as the
+    summary records them. For tools that show images, not HTML (the pytest-html extras)."""
+    from .heatmap import heatmap_image, support_image
+    from .images import OFFENDING_RGB, draw_box
+
+    out: list[tuple[str, bytes]] = []
+    shape, b = _shape(m), _block_size(m)
+    effect, bound = m.get("effect_db"), m.get("display_bound_db")
+
+    def outlined(arr: np.ndarray, scale_x: float, scale_y: float, thickness: int) -> bytes:
+        arr = np.array(arr, copy=True)
+        for box in boxes:
+            x, y, w, h = box["box"]
+            draw_box(arr, (math.floor(x * scale_x), math.floor(y * scale_y), math.ceil((x + w) * scale_x),
+                           math.ceil((y + h) * scale_y)), OFFENDING_RGB, thickness)
+        return _png(Image.fromarray(arr, mode="RGB"))
+
+    images = m.get("images") if isinstance(m.get("images"), dict) else {}
+    rec = images.get("input")
+    if effect and bound and isinstance(rec, dict):
+        try:
+            over, _ = overlay_image(rec, effect, bound, b)
+            src_w, src_h = rec.get("source_width"), rec.get("source_height")
+            if isinstance(src_w, int) and isinstance(src_h, int) and src_w > 0 and src_h > 0:
+                out.append(("CEM over the input", outlined(over, over.shape[1] / src_w, over.shape[0] / src_h, 2)))
+        except (ValueError, TypeError, KeyError):
+            pass  # unreadable image data: no overlay panel here (the cem report says why where it draws the map)
+    if effect and bound and shape and b:
+        cell = cell_size(*shape)
+        heat = np.asarray(heatmap_image(effect, bound, m.get("roi_mask"), cell))
+        out.append(("CEM per block", outlined(heat, cell / b, cell / b, max(1, cell // 8))))
+    sup = _grid(m.get("support"), shape, bool) if shape else None
+    if sup is not None and b:
+        cell = cell_size(*shape)
+        resolved, roi = _grid(m.get("resolved"), shape, bool), _grid(m.get("roi_mask"), shape, bool)
+        arr = np.asarray(support_image(sup, resolved, roi, cell))
+        out.append(("support", outlined(arr, cell / b, cell / b, max(1, cell // 8))))
+    return out
+
+
+#: The status of a property in the report: passed, failed, or failed inside a test pytest counted as an expected
+#: failure (xfail), with the label shown.
+PROPERTY_STATUS = {"passed": "passed", "failed": "failed", "xfailed": "expected failure (xfail)"}
+
+
+def _within_bound(p: dict, distance: Any) -> bool:
+    """Whether a listed block of property record ``p`` lies within the property's distance bound: for a bound in px
+    compared with ``<=`` / ``<`` (receptive field, effective radius), the blocks at that distance or nearer do not
+    break it (they are listed after the offenders, as context); other properties: never."""
+    bound, op = p.get("bound"), p.get("op")
+    if p.get("unit") != "px" or op not in ("<=", "<") or not isinstance(distance, int):
+        return False
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+        return False
+    return distance <= bound if op == "<=" else distance < bound
+
+
+def _block_rows(p: dict, block_px: int | None) -> list[dict]:
+    """The blocks listed by property record ``p`` as table rows: box (input px), distance, effect, CI, detail, and
+    whether the block is an offender (outlined) or lies within the bound (:func:`_within_bound`)."""
+    rows = []
+    for b in p.get("worst_blocks") or []:
+        if not isinstance(b, dict):
+            continue
+        box = _block_box(b, block_px)
+        effect, lo, hi = b.get("effect_db"), b.get("ci_low_db"), b.get("ci_high_db")
+        known = isinstance(effect, (int, float)) and not isinstance(effect, bool)
+        within = _within_bound(p, b.get("distance_px"))
+        rows.append({
+            "offending": not within,
+            "row_class": "context-block" if within else "offending-block",
+            "box": box,
+            "box_text": ", ".join(map(str, box)) if box else f"row {b.get('row')}, col {b.get('col')}",
+            "grid": f"row {b.get('row')}, col {b.get('col')}",
+            "distance": _num(b.get("distance_px"), unit=" px"),
+            "effect": f"{effect:+.3f} dB" if known else "not estimated (support stage)",
+            "ci": (f"[{lo:+.3f}, {hi:+.3f}] dB" if all(isinstance(v, (int, float)) for v in (lo, hi)) else "n/a"),
+            "detail": "; ".join(x for x in (str(b.get("detail") or ""),
+                                             "within the bound: listed for context, not outlined" if within else "")
+                                if x),
+        })
+    return rows
+
+
+def _property_view(p: dict, show_passing: bool, status: str, block_px: int | None) -> dict:
+    """The view of property record ``p`` whose report status (:data:`PROPERTY_STATUS`) is ``status``: failures
+    carry the hint and the offending blocks."""
+    blocks = _block_rows(p, block_px) if status != "passed" else []
     return {
         "name": str(p.get("name")),
-        "status": "passed" if passed else "failed",
-        "open": (not passed) or show_passing,
+        "status": status,
+        "status_label": PROPERTY_STATUS[status],
+        "open": status != "passed" or show_passing,
         "measured": str(p.get("measured_text")),
         "bound": str(p.get("bound_text")),
         "description": str(p.get("description") or ""),
+        "note": str(p.get("note") or ""),
+        "hint": property_hint(p) if status != "passed" else "",
+        "blocks": blocks,
+        "blocks_note": ("" if blocks or status == "passed" else "no offending block recorded for this property"),
         "message": str(p.get("message") or ""),
         "model": str((p.get("settings") or {}).get("model") or ""),
     }
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 or word != "error" else f"{n} errors"
+
+
+def _tests_text(counts: dict[str, int], n_tests: int) -> str:
+    """``"6: 2 passed, 1 failed, 1 error, 1 skipped, 1 xfailed"``: passed, failed and skipped always, the other
+    outcomes when some test had them (pytest's words)."""
+    from ..records import OUTCOMES  # records imports this package: imported when called
+
+    always = ("passed", "failed", "skipped")
+    parts = [_plural(counts.get(k, 0), k) for k in OUTCOMES if k in always or counts.get(k)]
+    parts += [f"{v} {k}" for k, v in sorted(counts.items()) if k not in OUTCOMES and v]
+    return f"{n_tests}: {', '.join(parts)}"
+
+
+def _badges(n_failed: int, n_expected: int, counts: dict[str, int]) -> list[dict]:
+    """The verdict badges: failed properties (red), expected failures (orange, a failed property of an xfailed
+    test), failed tests and errors (red), or one green badge when nothing failed."""
+    out = []
+    if n_failed:
+        out.append({"kind": "failed", "text": f"{n_failed} failed propert{'y' if n_failed == 1 else 'ies'}"})
+    if n_expected:
+        plural = "" if n_expected == 1 else "s"
+        out.append({"kind": "xfailed", "text": f"{n_expected} expected failure{plural} (xfail)"})
+    bad = [_plural(counts[k], k) for k in ("failed", "error") if counts.get(k)]
+    if bad:
+        out.append({"kind": "failed", "text": "tests: " + ", ".join(bad)})
+    if not n_failed and not bad:
+        out.insert(0, {"kind": "passed", "text": "all properties passed"})
+    return out
+
+
+def _maps_of(maps: list[dict], p: dict) -> tuple[list[int], int | None]:
+    """The indices of the maps (summaries of one test) of the run of property record ``p`` (:data:`RUN_KEYS`) and
+    the block side (input px) of that run."""
+    key = _run_key(p.get("settings"))
+    mine = [k for k, m in enumerate(maps) if _run_key(m.get("settings")) == key]
+    block_px = next((_block_size(maps[k]) for k in mine if _block_size(maps[k])), None)
+    if block_px is None:
+        b = (p.get("settings") or {}).get("block_size")
+        block_px = b if isinstance(b, int) and not isinstance(b, bool) and b > 0 else None
+    return mine, block_px
+
+
+def offending_boxes(maps: list[dict], properties: list[dict]) -> list[list[dict]]:
+    """Per map summary of ``maps`` (one test's), the offending blocks of the failed ``properties`` (records) of the
+    same run: ``{"box": [x, y, w, h], "title": ...}`` (input px), each box once per map. Blocks a property lists
+    within its distance bound (context, :func:`_within_bound`) are left out."""
+    boxes: list[list[dict]] = [[] for _ in maps]
+    for p in properties:
+        if not isinstance(p, dict) or p.get("passed"):
+            continue
+        mine, block_px = _maps_of(maps, p)
+        for row in _block_rows(p, block_px):
+            if row["box"] is None or not row["offending"]:
+                continue
+            title = f"{p.get('name')}: block ({row['box_text']}) px at {row['distance']}: {row['effect']}"
+            for k in mine:
+                if not any(b["box"] == row["box"] for b in boxes[k]):
+                    boxes[k].append({"box": row["box"], "title": title})
+    return boxes
+
+
+def _test_view(t: dict, show_passing: bool) -> tuple[dict, list[dict]]:
+    """The section of test record ``t`` and its rows of the property table."""
+    outcome = str(t.get("outcome"))
+    nodeid = str(t.get("nodeid"))
+    anchor = section_anchor(nodeid)
+    maps = [m for m in t.get("maps") or [] if isinstance(m, dict)]
+    props = [p for p in t.get("properties") or [] if isinstance(p, dict)]
+    failures, passes, rows = [], [], []
+    for p in props:
+        status = "passed" if p.get("passed") else "xfailed" if outcome == "xfailed" else "failed"
+        view = _property_view(p, show_passing, status, _maps_of(maps, p)[1])
+        (passes if status == "passed" else failures).append(view)
+        rows.append({"nodeid": nodeid, "anchor": anchor, **view})
+    boxes = offending_boxes(maps, props)
+    message = str(t.get("message") or "")
+    teardown = t.get("teardown_error")
+    if teardown is not None:
+        message = (message + "\n\n" if message else "") + f"error at teardown:\n{teardown}"
+    view = {
+        "nodeid": nodeid,
+        "anchor": anchor,
+        "outcome": outcome,
+        "duration": _num(t.get("duration_s"), "{:.2f}", " s"),
+        "message": message,
+        "message_open": outcome in ("failed", "error") and not failures or teardown is not None,
+        "maps": [_map_view(m, k, boxes[k]) for k, m in enumerate(maps)],
+        "failures": failures,
+        "properties": passes,
+        "n_failed": sum(f["status"] == "failed" for f in failures),
+        "n_expected": sum(f["status"] == "xfailed" for f in failures),
+        "sort_key": (0 if any(f["status"] == "failed" for f in failures) or outcome in ("failed", "error") else
+                     1 if failures else 2, nodeid),
+        "section": bool(maps or failures or passes) or outcome in ("failed", "error") or teardown is not None,
+    }
+    return view, rows
+
+
 def report_context(document: dict, show_passing: bool = False) -> dict:
     """The view model of the report: everything the template shows, already computed and formatted."""
-    tests_in = list(document.get("tests") or [])
+    from ..records import outcome_counts  # records imports this package: imported when called
+
+    tests_in = [t for t in document.get("tests") or [] if isinstance(t, dict)]
     tests, rows = [], []
     models, devices = set(), set()
     passes, wall, duration = 0, 0.0, 0.0
-    outcomes: dict[str, int] = {}
-    for i, t in enumerate(tests_in):
-        outcome = str(t.get("outcome"))
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    for t in tests_in:
         try:
             duration += float(t.get("duration_s") or 0.0)
         except (TypeError, ValueError):
             pass
-        nodeid = str(t.get("nodeid"))
-        anchor = _anchor(i, nodeid)
-        maps = list(t.get("maps") or [])
-        for m in maps:
+        for m in t.get("maps") or []:
             models.add(str(m.get("model") or ""))
             devices.add(str((m.get("settings") or {}).get("device") or ""))
             passes += int(m.get("forward_passes") or 0)
             wall += float(m.get("wall_s") or 0.0)
-        props = [_property_view(p, show_passing) for p in t.get("properties") or []]
-        for p in props:
-            rows.append({"nodeid": nodeid, "anchor": anchor, **p})
-        n_failed = sum(p["status"] == "failed" for p in props)
-        tests.append({
-            "nodeid": nodeid,
-            "anchor": anchor,
-            "outcome": str(t.get("outcome")),
-            "duration": _num(t.get("duration_s"), "{:.2f}", " s"),
-            "message": str(t.get("message") or ""),
-            "maps": [_map_view(m, k) for k, m in enumerate(maps)],
-            "properties": [p for p in props if p["status"] == "failed"] + [p for p in props if p["status"] == "passed"],
-            "n_failed": n_failed,
-            "sort_key": (0 if n_failed or t.get("outcome") == "failed" else 1, nodeid),
-        })
+        view, prop_rows = _test_view(t, show_passing)
+        tests.append(view)
+        rows += prop_rows
     tests.sort(key=lambda t: t["sort_key"])
-    rows.sort(key=lambda r: (r["status"] != "failed", r["nodeid"], r["name"]))
+    order = {"failed": 0, "xfailed": 1, "passed": 2}
+    rows.sort(key=lambda r: (order[r["status"]], r["nodeid"], r["name"]))
     n_failed = sum(r["status"] == "failed" for r in rows)
+    n_expected = sum(r["status"] == "xfailed" for r in rows)
+    counts = outcome_counts(tests_in)
     settings = document.get("settings") or {}
     env = document.get("environment") or {}
-    known = ("passed", "failed", "skipped", "xfailed", "xpassed")
-    breakdown = [f"{outcomes.get(k, 0)} {k}" for k in known[:3]] + [f"{outcomes[k]} {k}" for k in known[3:] if k in outcomes] + [f"{v} {k}" for k, v in sorted(outcomes.items())
-                                                                if k not in known]
+    props = f"{len(rows)}: {len(rows) - n_failed - n_expected} passed, {n_failed} failed"
+    if n_expected:
+        props += f", {n_expected} expected failure{'' if n_expected == 1 else 's'} (in xfailed tests)"
     summary = [
-        ("tests", f"{len(tests)}: {', '.join(breakdown)}"),
-        ("properties", f"{len(rows)}: {len(rows) - n_failed} passed, {n_failed} failed"),
+        ("tests", _tests_text(counts, len(tests_in))),
+        ("properties", props),
         ("maps", str(sum(len(t["maps"]) for t in tests))),
         ("models", ", ".join(sorted(m for m in models if m)) or "none"),
         ("devices", ", ".join(sorted(d for d in devices if d)) or "none"),
@@ -463,14 +765,17 @@ def report_context(document: dict, show_passing: bool = False) -> dict:
         ("session seed / mode", f"{settings.get('seed')} / {settings.get('mode')}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in sorted(env.items()) if v) or "n/a"),
     ]
+    others = [{"nodeid": t["nodeid"], "outcome": t["outcome"], "duration": t["duration"],
+               "reason": t["message"].strip().splitlines()[-1] if t["message"].strip() else ""}
+              for t in tests if not t["section"]]
     return {
         "title": "pytest-cem report",
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "verdict": "failed" if n_failed else "passed",
-        "verdict_text": f"{n_failed} failed propert{'y' if n_failed == 1 else 'ies'}" if n_failed else "all properties passed",
+        "badges": _badges(n_failed, n_expected, counts),
         "summary": summary,
         "rows": rows,
-        "tests": tests,
+        "tests": [t for t in tests if t["section"]],
+        "other_tests": others,
         "show_passing": bool(show_passing),
     }
 

@@ -9,7 +9,8 @@ In the records (:func:`cem_checks.records.map_summary`) an image is a dict made 
 Images larger than the cap are downscaled with an antialiasing filter (Lanczos), keeping the aspect ratio;
 smaller ones are kept as they are. The ROI box is scaled with the image and rounded outwards, so it always
 encloses the ROI. The report (:func:`boxed_image`, :func:`overlay_image`) enlarges small images by a whole
-factor (nearest neighbour) to about :data:`DISPLAY_SIDE` px and draws the ROI box in :data:`ROI_BOX_RGB`.
+factor (nearest neighbour) to about :data:`DISPLAY_SIDE` px and draws the ROI box in :data:`ROI_BOX_RGB` between
+two dark lines (:data:`BOX_EDGE_RGB`), so that it stays visible on noisy and on bright inputs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from .heatmap import display_values, float_grid, seismic
 DEFAULT_MAX_IMAGE_PX = 384
 #: Colour of the ROI box drawn on the images of the report.
 ROI_BOX_RGB = (0, 255, 0)
+#: Colour of the dark lines on both sides of a box's bright band.
+BOX_EDGE_RGB = (0, 0, 0)
+#: Colour of the boxes of offending blocks drawn into images (pytest-html extras).
+OFFENDING_RGB = (255, 212, 0)
 #: Side (px) the report enlarges small images towards (by a whole factor, nearest neighbour).
 DISPLAY_SIDE = 256
 #: Largest enlargement factor of the report.
@@ -40,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PX",
     "ROI_BOX_RGB",
     "boxed_image",
+    "draw_box",
     "check_max_image_px",
     "decode_image",
     "embed_image",
@@ -132,18 +138,32 @@ def _zoom(arr: np.ndarray, k: int) -> np.ndarray:
     return arr if k == 1 else np.repeat(np.repeat(arr, k, axis=0), k, axis=1)
 
 
-def _draw_box(arr: np.ndarray, box: Sequence[int], colour=ROI_BOX_RGB) -> None:
-    """Draw the outline of the half-open box ``(x0, y0, x1, y1)`` inside its edges, in place."""
+def draw_box(arr: np.ndarray, box: Sequence[int], colour=ROI_BOX_RGB, thickness: int | None = None) -> None:
+    """Draw the outline of the half-open box ``(x0, y0, x1, y1)`` in place: a band of ``colour`` inside its edges
+    (``thickness`` px; default 1 to 3 with the image's size), with a dark line (:data:`BOX_EDGE_RGB`) just outside
+    the box and one just inside the band, where they fit. The bright band shows on dark images, the dark lines on
+    bright and on noisy ones."""
     x0, y0, x1, y1 = (int(v) for v in box)
     h, w = arr.shape[:2]
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if x1 <= x0 or y1 <= y0:
         return
-    t = max(1, min(3, max(h, w) // 128, (x1 - x0) // 3, (y1 - y0) // 3))
-    arr[y0:y0 + t, x0:x1] = colour
-    arr[y1 - t:y1, x0:x1] = colour
-    arr[y0:y1, x0:x0 + t] = colour
-    arr[y0:y1, x1 - t:x1] = colour
+
+    def band(a0: int, b0: int, a1: int, b1: int, t: int, c) -> None:
+        """The ring of width ``t`` just inside the box (a0, b0, a1, b1); parts outside the image are left out."""
+        if a1 - a0 <= 0 or b1 - b0 <= 0 or t <= 0:
+            return
+        for ya, yb, xa, xb in ((b0, b0 + t, a0, a1), (b1 - t, b1, a0, a1), (b0, b1, a0, a0 + t), (b0, b1, a1 - t, a1)):
+            ya, yb, xa, xb = max(0, ya), min(h, yb), max(0, xa), min(w, xb)
+            if ya < yb and xa < xb:
+                arr[ya:yb, xa:xb] = c
+
+    t = thickness or max(1, min(3, max(h, w) // 128))
+    t = max(1, min(t, (x1 - x0) // 3, (y1 - y0) // 3))
+    band(x0 - 1, y0 - 1, x1 + 1, y1 + 1, 1, BOX_EDGE_RGB)  # outside the box (where the image has room)
+    band(x0, y0, x1, y1, t, colour)
+    if x1 - x0 > 2 * t + 2 and y1 - y0 > 2 * t + 2:
+        band(x0 + t, y0 + t, x1 - t, y1 - t, 1, BOX_EDGE_RGB)
 
 
 def boxed_image(record: dict) -> tuple[np.ndarray, list[int]]:
@@ -153,15 +173,16 @@ def boxed_image(record: dict) -> tuple[np.ndarray, list[int]]:
     k = zoom_factor(arr.shape[1], arr.shape[0])
     out = np.array(_zoom(arr, k), copy=True)
     box = [int(v) * k for v in record.get("roi_box") or (0, 0, 0, 0)]
-    _draw_box(out, box)
+    draw_box(out, box)
     return out, box
 
 
-def overlay_image(record: dict, effect: Any, bound: float) -> tuple[np.ndarray, list[int]]:
+def overlay_image(record: dict, effect: Any, bound: float, block_px: int | None = None) -> tuple[np.ndarray, list[int]]:
     """The effect map over the input image of ``record``: each block's colour (the heatmap's display: clipped at
     ``bound``, signed power 1/1.2, white at 0) blended over the grey input, enlarged as :func:`boxed_image`, ROI
-    box drawn. ``effect`` is the (rows, cols) map in dB (lists with None for NaN accepted); its blocks tile the
-    image."""
+    box drawn. ``effect`` is the (rows, cols) map in dB (lists with None for NaN accepted). With ``block_px`` (the
+    block side in input px) each block covers its own pixels of the input (``source_width`` x ``source_height``)
+    and a margin the grid does not cover stays grey; without, the blocks tile the whole image."""
     e = float_grid(effect)
     arr = decode_image(record)
     k = zoom_factor(arr.shape[1], arr.shape[0])
@@ -169,11 +190,18 @@ def overlay_image(record: dict, effect: Any, bound: float) -> tuple[np.ndarray, 
     h, w = img.shape[:2]
     rows, cols = e.shape
     colours = seismic(display_values(e, bound)).astype(np.float64)
-    r_idx = np.minimum(rows - 1, (np.arange(h) * rows) // h)
-    c_idx = np.minimum(cols - 1, (np.arange(w) * cols) // w)
-    cell = colours[r_idx[:, None], c_idx[None, :]]
     grey = img @ np.array([0.299, 0.587, 0.114])
+    if block_px:
+        src_w, src_h = int(record.get("source_width") or w), int(record.get("source_height") or h)
+        r_idx = ((np.arange(h) + 0.5) * src_h / h // block_px).astype(np.int64)
+        c_idx = ((np.arange(w) + 0.5) * src_w / w // block_px).astype(np.int64)
+    else:
+        r_idx = np.minimum(rows - 1, (np.arange(h) * rows) // h)
+        c_idx = np.minimum(cols - 1, (np.arange(w) * cols) // w)
+    inside = (r_idx[:, None] < rows) & (c_idx[None, :] < cols)
+    cell = colours[np.minimum(r_idx, rows - 1)[:, None], np.minimum(c_idx, cols - 1)[None, :]]
+    cell = np.where(inside[..., None], cell, grey[..., None])
     out = np.round(OVERLAY_ALPHA * cell + (1.0 - OVERLAY_ALPHA) * grey[..., None]).clip(0, 255).astype(np.uint8)
     box = [int(v) * k for v in record.get("roi_box") or (0, 0, 0, 0)]
-    _draw_box(out, box)
+    draw_box(out, box)
     return out, box
