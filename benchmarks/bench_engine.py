@@ -11,7 +11,7 @@ Jobs: the real DnCNN (../shared/data) on a 96x96 crop and on the whole 256x256 d
 16 px near the centre, block 8), a small SR model with channel attention (global) at x4, and seeded models of
 the families local evaluation covers: an FFDNet-style denoiser (2x2 unshuffle, noise-level map, 12 convolutions
 with batch norm, pixel shuffle) on 96x96, a Real-ESRGAN Compact-style x4 SR model (16 convolutions, 64 channels,
-pixel shuffle, nearest residual) on a 32x32 input and a U-Net x2 SR model (strided convolutions down,
+pixel shuffle, nearest residual) on a 64x64 input and a U-Net x2 SR model (strided convolutions down,
 transposed convolutions up, concatenated skips) on a 64x64 input.
 
 Paper maps are expensive (the 256x256 one takes about two hours on 2 CPU cores): each is saved under
@@ -85,8 +85,8 @@ JOBS = {
     # the families local evaluation covers beyond plain conv stacks (seeded weights)
     "ffdnet96": dict(model=_seeded(lambda: FFDNetLike(features=64, layers=12)), image=lambda: _bundled(96),
                      task=cc.Denoising(50), roi=(40, 40, 16), block_size=8, needs_data=False),
-    "compact_x4": dict(model=_seeded(lambda: CompactSR(scale=4, features=64, convs=16)), image=lambda: _bundled(128),
-                       task=cc.SuperResolution(4), roi=(56, 56, 16), block_size=2, needs_data=False),
+    "compact_x4": dict(model=_seeded(lambda: CompactSR(scale=4, features=64, convs=16)), image=lambda: _bundled(256),
+                       task=cc.SuperResolution(4), roi=(120, 120, 16), block_size=2, needs_data=False),
     "unet_x2": dict(model=_seeded(lambda: UNetSR(scale=2, features=32)), image=lambda: _bundled(128),
                     task=cc.SuperResolution(2), roi=(56, 56, 16), block_size=4, needs_data=False),
 }

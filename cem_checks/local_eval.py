@@ -889,11 +889,14 @@ class FrameEvaluator:
         """(n, C, rh, rw) ROI outputs of the inputs equal to the baseline except ``content`` on ``block``."""
         return self.roi_outputs_many([block], [content])[0]
 
-    def roi_outputs_many(self, blocks: list[Box], contents: list[torch.Tensor]) -> list[torch.Tensor]:
+    def roi_outputs_many(self, blocks: list[Box], contents: list[torch.Tensor],
+                         slack: float | None = None) -> list[torch.Tensor]:
         """:meth:`roi_outputs` of several blocks (all of one size), in groups that run together: a group computes
         every node on the union of its blocks' boxes, once for all its interventions stacked. Blocks join a group
-        while the union costs at most :data:`GROUP_SLACK` more than their own boxes (neighbouring blocks; blocks
-        near the ROI, whose boxes are the ROI's whole neighbourhood)."""
+        while the union costs at most ``slack`` more than their own boxes (default :data:`GROUP_SLACK` for the
+        input's device: neighbouring blocks, and blocks near the ROI, whose boxes are its whole neighbourhood)."""
+        if slack is None:
+            slack = GROUP_SLACK.get(self.base[0].device.type, GROUP_SLACK_ACCELERATOR)
         order = sorted(range(len(blocks)), key=lambda g: (blocks[g][0], blocks[g][2]))
         groups: list[list[int]] = []
         union: list[Box] = []
@@ -904,7 +907,7 @@ class FrameEvaluator:
             if groups:
                 merged = [_union(a, c) for a, c in zip(union, comp)]
                 n = sum(contents[m].shape[0] for m in groups[-1]) + contents[g].shape[0]
-                if float(sum(_area(c) for c in merged)) * n <= (1.0 + GROUP_SLACK) * (own + work):
+                if float(sum(_area(c) for c in merged)) * n <= (1.0 + slack) * (own + work):
                     groups[-1].append(g)
                     union, own = merged, own + work
                     continue
@@ -960,8 +963,10 @@ class FrameEvaluator:
 
 
 #: How much more work (pixels computed, summed over the nodes) a group of blocks evaluated together may do than its
-#: blocks alone: the price of running every operation once for the whole group.
-GROUP_SLACK = 0.5
+#: blocks alone, the price of running every operation once for the whole group: on the CPU the work itself
+#: dominates, on a GPU the number of kernel launches.
+GROUP_SLACK = {"cpu": 0.15}
+GROUP_SLACK_ACCELERATOR = 1.0
 
 
 def traced_reach(model: Any, x: torch.Tensor, roi: Box) -> tuple[Box | None, str]:

@@ -38,6 +38,16 @@ def _patch_bank(config: pytest.Config, source: Any):
     return cache[source]
 
 
+def _progress_lines(config: pytest.Config):
+    """Where a map's progress goes in a pytest run: log lines through the terminal reporter (a long map writes
+    one per stage and at most one every 10 s, see :mod:`cem_checks.progress`), or nowhere under ``-q`` and in
+    pytest-xdist workers (their terminal output is not shown)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.get_verbosity() < 0 or hasattr(config, "workerinput"):
+        return False
+    return reporter.write_line
+
+
 class CEMRunner:
     """``cem(model, image, **kwargs)``: the map of :func:`cem_checks.compute_cem` with the test's settings, as a
     :class:`cem_checks.LazyMap` whose stages run on first need: a receptive-field assertion runs only the support
@@ -65,7 +75,7 @@ class CEMRunner:
             )
         kw = self.settings.engine_kwargs()
         kw["device"] = self.device
-        kw["progress"] = False
+        kw["progress"] = _progress_lines(self._item.config)
         kw.update(kwargs)
         for required, example in (("task", "task='dn50'"), ("roi", "roi=(40, 40, 16)")):
             if kw.get(required) is None:

@@ -217,6 +217,7 @@ def test_progress_bar_on_request_and_silent_otherwise(natural32, capsys):
     err = capsys.readouterr().err
     assert "CEM" in err and "img" in err
     cc.compute_cem(ConvStack((1,)), natural32, task="dn25", roi=(8, 8, 8), **QUICK)
+    # stderr is not a terminal here: log lines, and none for a map shorter than 10 s
     cc.compute_cem(ConvStack((1,)), natural32, task="dn25", roi=(8, 8, 8), progress=None,
-                   **{k: v for k, v in QUICK.items() if k != "progress"})  # stderr is not a terminal here
+                   **{k: v for k, v in QUICK.items() if k != "progress"})
     assert capsys.readouterr().err == ""

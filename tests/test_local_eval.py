@@ -115,7 +115,6 @@ def test_local_evaluation_equals_the_full_forward(name, where):
         blocks = [(a, a + 4, b, b + 4) for a in range(0, H, 4) for b in range(0, W, 4)]
         contents = [torch.rand(3, 3, 4, 4, generator=g) for _ in blocks]
         outs = ev.roi_outputs_many(blocks, contents)
-        assert ev.last_groups < len(blocks)  # blocks of equal schedule shape ran together
         changed = 0
         for blk, content, loc in zip(blocks, contents, outs):
             xs = x.expand(3, -1, -1, -1).clone()
@@ -156,7 +155,7 @@ def test_blocks_evaluated_together_equal_blocks_evaluated_alone():
     blocks = [(a, a + 4, b, b + 4) for a in range(4, 28, 4) for b in range(4, 28, 4)]
     contents = [torch.rand(2, 3, 4, 4, generator=g) for _ in blocks]
     with torch.inference_mode():
-        together = ev.roi_outputs_many(blocks, contents)
+        together = ev.roi_outputs_many(blocks, contents, slack=1.0)  # as on a GPU
         groups = ev.last_groups
         alone = [ev.roi_outputs(b, c) for b, c in zip(blocks, contents)]
     assert groups <= len(blocks) // 2

@@ -73,7 +73,7 @@ class Engine:
     """The state of one job (model, clean image, degraded input, task, ROI, grid, patch bank, caches) and the
     machinery every stage shares: synthesising interventions and running them in cached chunks."""
 
-    def __init__(self, *, runner: ModelRunner, clean, degraded, task, roi, block_size, bank, device, seed, bar,
+    def __init__(self, *, runner: ModelRunner, clean, degraded, task, roi, block_size, bank, device, seed, progress,
                  cache: ChunkCache, support_cache: ChunkCache):
         self.task, self.roi, self.b, self.scale = task, roi, block_size, task.scale
         self.clean, self.degraded = clean, degraded
@@ -99,7 +99,7 @@ class Engine:
         self.runner = runner
         self.batch_size = 1
         self.oom_backoffs = 0
-        self.bar = bar
+        self.progress = progress
         self.full = Frame(self, 0, 0, h, w)
         self._ar = torch.arange(block_size, device=device)
         self._chans = torch.arange(3, device=device)[None, :, None, None]
@@ -133,8 +133,6 @@ class Engine:
         changed = np.empty(n_items, dtype=bool)
         exact = np.ones(n_items, dtype=bool)
         starts = np.searchsorted(item_of_pair, list(range(0, n_items, CHUNK)) + [n_items])
-        self.bar.total = (self.bar.total or 0) + n_items
-        self.bar.refresh()
         for ci, i0 in enumerate(range(0, n_items, CHUNK)):
             i1 = min(i0 + CHUNK, n_items)
             p0, p1 = starts[ci], starts[ci + 1]
@@ -163,7 +161,7 @@ class Engine:
                 cached = self._run_chunk(frame, phase, ci, *pairs, i1 - i0, batch=batch)
                 cache.put(str(phase), ci, *cached, what=what)
             drops[i0:i1], changed[i0:i1] = cached
-            self.bar.update(i1 - i0)
+            self.progress.update(i1 - i0)
         return drops, changed, exact
 
     def chunk_content(self, phase: Phase, ci: int, blocks: np.ndarray, patches: torch.Tensor):
@@ -249,9 +247,3 @@ class Engine:
         patches = self.patch_ids(phase, (draws * k,))
         _, changed, _ = self.run(frame or self.full, phase, items, blocks, patches, draws, batch=1)
         return bool(changed.any())
-
-
-def progress_bar(enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=0, desc="CEM", unit="img", disable=not enabled, leave=False, file=sys.stderr)

@@ -36,6 +36,7 @@ def support_candidates(eng: Engine, search: SupportSearch | None, coarse: int, o
     nb = eng.grid.n_blocks
     if search is None:
         return np.ones(nb, dtype=bool), {}
+    eng.progress.stage("support")
     radius = search.radius()
     candidates = (search.dist <= radius) & search.reach  # outside the traced reach: no path to the ROI
     budget = max(opts.group_budget * coarse * int(candidates.sum()), 3 * opts.group_draws)  # >= the first split
@@ -66,6 +67,7 @@ def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine:
     support = np.zeros(nb, dtype=bool)
     flagged = np.zeros(nb, dtype=bool)
     local, info["local_eval"] = local_setup(eng, frame, cand, opts, tol)
+    eng.progress.stage("coarse", int(cand.size) * coarse)
     c_drops, c_changed, c_exact = eng.single_block_draws(frame, COARSE, cand, coarse, crn=opts.common_random_numbers,
                                                           local=local)
     samples[cand, :coarse] = c_drops
@@ -76,6 +78,7 @@ def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine:
     # its coarse draws again through the normal forward, compared bit for bit with the baseline.
     unsure = cand[~support[cand] & ~c_exact.all(1)]
     if unsure.size:
+        eng.progress.stage("confirm", int(unsure.size) * coarse)
         _, u_changed, _ = eng.single_block_draws(frame, CONFIRM, unsure, coarse, crn=opts.common_random_numbers)
         support[unsure] = u_changed.any(1)
     info["support_confirmed"] = int(unsure.size)
@@ -92,6 +95,7 @@ def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine:
         support[fl[active]] |= ch.any(1)
         return d
 
+    eng.progress.stage("fine", int(fl.size) * fine)
     fine_samples, fine_counts, stopped, level = sequential_sampling(draw, fl.size, looks, tol, opts.alpha, opts.rel_precision)
     samples[fl, :fine] = fine_samples
     counts[fl] = fine_counts

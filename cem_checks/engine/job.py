@@ -12,7 +12,6 @@ pick the batch size, check determinism and batch independence on a window of the
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -31,7 +30,8 @@ from ..patches import load_patches
 from ..result import CEMResult, SupportResult
 from ..tasks import describe_task, parse_task
 from .cachekey import job_material, map_material, support_material
-from .draws import Engine, progress_bar
+from ..progress import Progress
+from .draws import Engine
 from .estimates import Estimates
 from .fast import fast_estimates
 from .options import CHUNK, FastOptions, validate_common, validate_int, validate_map_settings
@@ -66,7 +66,7 @@ class Job:
         self.threads = threads
         self.batch_size_arg = batch_size
         self.precision, self.channels_last = precision, channels_last
-        self.show = sys.stderr.isatty() if progress is None else progress
+        self.progress_arg = progress
         self.model = model
 
         dev = resolve_device(device)
@@ -78,6 +78,7 @@ class Job:
         b = validate_int("block_size", block_size, 1) if block_size is not None else max(1, 8 // s)
         roi = ROI.parse(roi)
         self.task, self.scale, self.block_size, self.roi = task, s, b, roi
+        self.label = f"{model_name(model)} {task.name} ROI {roi.as_tuple()}"
 
         # ---------------------------------------------------------------------------- image and grid
         loaded = load_image(image)
@@ -124,7 +125,7 @@ class Job:
 
         self.runner = ModelRunner(model, dev, s, task.name, precision, channels_last)
         self.eng = Engine(runner=self.runner, clean=clean, degraded=degraded, task=task, roi=roi, block_size=b,
-                          bank=self.bank, device=dev, seed=self.seed, bar=progress_bar(False),
+                          bank=self.bank, device=dev, seed=self.seed, progress=Progress("off"),
                           cache=ChunkCache(None, {}), support_cache=support_cache)
         self._search: SupportSearch | None = None
         self.started = False
@@ -159,14 +160,15 @@ class Job:
     @contextmanager
     def _stage(self, name: str):
         t0 = time.perf_counter()
-        self.eng.bar = progress_bar(self.show)
+        self.eng.progress = Progress.auto(self.progress_arg, self.label)
+        self.eng.progress.stage(name)
         try:
             with torch_threads(self.threads), self.runner.prepared():
                 self._start()
                 yield
             self.stages.append(name)
         finally:
-            self.eng.bar.close()
+            self.eng.progress.close()
             self.seconds += time.perf_counter() - t0
 
     def _start(self) -> None:
@@ -349,7 +351,9 @@ def compute_cem(
         tol_db: threshold in dB: flags blocks in the coarse pass and zeroes ``|effect| < tol_db``.
         seed: seeds every random draw of the map. device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"``.
         batch_size: images per forward, or ``"auto"`` (8 on CPU; on CUDA sized from free memory).
-        progress: show a progress bar; default: when stderr is a terminal.
+        progress: True a progress bar, False nothing, None (default) a bar when stderr is a terminal and log
+            lines otherwise (after 10 s, one per stage and at most every 10 s), a function receiving those lines,
+            or a :class:`cem_checks.progress.Progress`.
         fast: :class:`FastOptions` for ``mode="fast"`` (each mechanism can be switched off).
         precision: ``"fp32"`` (reference), ``"bf16"`` or ``"fp16"`` (autocast; fp16 on CUDA only).
         channels_last: run the model in channels-last memory format (often faster on GPUs).

@@ -2,10 +2,12 @@
 computed only where the intervention can change it and the ROI output needs it), after a check against the
 model's forward on real interventions; the verdict is cached per frame and block set.
 
-Support stays exact. A locally evaluated draw reports a change of the ROI output only where it is far above
-float rounding (:data:`CLEAR_CHANGE` times the check's tolerance); a block with such a draw, or with a drop of at
-least ``tol_db`` > 0 (which rounding cannot produce), is in the support. Every other candidate block gets its
-coarse draws again through the normal forward, compared bit for bit with the baseline (:mod:`.fast`).
+Support stays exact. Every pass of local evaluation also evaluates each of its blocks with the block's original
+content, in the same stacked batch: the same arithmetic. A draw whose ROI output differs from that bit for bit
+changed it (an intervention whose change dies out, outside the block's reach or under a ReLU, leaves the
+downstream values identical, so it cannot differ). A block with such a draw, or with a drop of at least
+``tol_db`` > 0, is in the support; every other candidate block gets its coarse draws again through the normal
+forward, compared bit for bit with the baseline (:mod:`.fast`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,6 @@ from ..errors import CEMError
 from .draws import Engine, Frame
 from .options import LOCAL_CHECK, FastOptions
 from .runner import is_oom
-
-#: A locally evaluated ROI output counts as changed when it moved by more than this many times the tolerance of
-#: the check (far above what float rounding of the sub-box kernels produces).
-CLEAR_CHANGE = 10.0
 
 
 class LocalDraws:
@@ -51,9 +49,11 @@ class LocalDraws:
             self.base_psnr = f.psnr(self._ev.roi_base)
         return self._ev
 
-    def roi_outputs(self, blocks: np.ndarray, top: torch.Tensor, left: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    def roi_outputs(self, blocks: np.ndarray, top: torch.Tensor, left: torch.Tensor,
+                    content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ROI outputs of single-block interventions (pairs: block, top/left input px, content), the blocks evaluated
-        together in groups (:meth:`FrameEvaluator.roi_outputs_many`)."""
+        together in groups (:meth:`FrameEvaluator.roi_outputs_many`), and whether each changed the ROI output: it
+        differs bit for bit from its block evaluated with the original content in the same pass."""
         f, runner, b, ev = self.frame, self.eng.runner, self.eng.b, self.ev
         t0 = time.perf_counter()
         uniq, first, inverse = np.unique(blocks, return_index=True, return_inverse=True)
@@ -62,30 +62,33 @@ class LocalDraws:
             sel = torch.as_tensor(np.flatnonzero(inverse == u), device=content.device)
             y, x = int(top[i0]) - f.y0, int(left[i0]) - f.x0
             boxes.append((y, y + b, x, x + b))
-            parts.append(content[sel])
+            original = f.x[:, :, y: y + b, x: x + b].to(content.dtype)
+            parts.append(torch.cat([content[sel], original]))
             sels.append(sel)
         with torch.inference_mode():
             outs = ev.roi_outputs_many(boxes, parts)
         out = outs[0].new_empty((len(blocks),) + tuple(outs[0].shape[1:]))
+        changed = torch.zeros(len(blocks), dtype=torch.bool, device=out.device)
         for sel, r in zip(sels, outs):
-            out[sel] = r
+            out[sel] = r[:-1]
+            changed[sel] = (r[:-1] != r[-1:]).flatten(1).any(1)
         runner.calls += ev.last_groups
         if self.eng.device.type == "cuda":
             torch.cuda.synchronize(self.eng.device)
         runner.seconds += time.perf_counter() - t0
         runner.images += len(blocks)
-        return out
+        return out, changed
 
     def run_chunk(self, frame, phase, ci, items, blocks, patches, n):
-        """(drops, clear changes) like :meth:`Engine._run_chunk`, or None to take the normal path. A change is
-        reported only where the ROI output moved by more than :data:`CLEAR_CHANGE` times the check's tolerance."""
+        """(drops, changes) like :meth:`Engine._run_chunk`, or None to take the normal path; a change as
+        :meth:`roi_outputs` decides it."""
         if frame is not self.frame or len(blocks) != n or not np.array_equal(items, np.arange(n)):
             return None
         content, top, left = self.eng.chunk_content(phase, ci, blocks, patches)
         px0 = self._ev.pixels if self._ev is not None else 0
         try:
             ev = self.ev
-            r = self.roi_outputs(blocks, top, left, content)
+            r, changed = self.roi_outputs(blocks, top, left, content)
         except Exception as exc:  # any failure: the normal path takes over
             if isinstance(exc, CEMError):
                 raise
@@ -99,9 +102,7 @@ class LocalDraws:
         self.info["draws"] += n
         self.info["pixels"] += ev.pixels - px0
         drops = (self.base_psnr - frame.psnr(r)).cpu().numpy()
-        moved = (r - ev.roi_base.to(r.device)).flatten(1).abs().amax(1)
-        clear = (moved > CLEAR_CHANGE * self.info.get("tolerance", 0.0)).cpu().numpy()
-        return drops, clear
+        return drops, changed.cpu().numpy()
 
 
 def local_setup(eng: Engine, frame: Frame, blocks: np.ndarray, opts: FastOptions, tol: float):
@@ -129,7 +130,7 @@ def local_setup(eng: Engine, frame: Frame, blocks: np.ndarray, opts: FastOptions
     if verdict is None or not isinstance(verdict.get("check"), str):
         verdict = local_verdict(eng, local, blocks, opts)
         eng.cache.put_record(key, verdict)
-    info.update({k: verdict[k] for k in ("used", "check", "check_draws", "tolerance") if k in verdict})
+    info.update({k: verdict[k] for k in ("used", "check", "check_draws") if k in verdict})
     return (local if info["used"] else None), info
 
 
@@ -169,7 +170,7 @@ def local_verdict(eng: Engine, local: LocalDraws, blocks: np.ndarray, opts: Fast
         ref.append(eng.forward(x, " (checking local evaluation)")[frame.sl])
     px0 = ev.pixels
     try:
-        loc = local.roi_outputs(checked, top, left, content)
+        loc, _ = local.roi_outputs(checked, top, left, content)
     except Exception as exc:  # the check fails: the normal path is kept
         if is_oom(exc) or isinstance(exc, CEMError):
             raise
@@ -182,5 +183,4 @@ def local_verdict(eng: Engine, local: LocalDraws, blocks: np.ndarray, opts: Fast
         return {"used": False, "check_draws": len(checked),
                 "check": f"failed: max |diff| {diff:.3g} > {atol:.2g} (crop_atol) on {len(checked)} check draws"}
     check = ("bit-exact" if diff == 0 else f"max |diff| {diff:.2e} <= {atol:.2g} (crop_atol)")
-    return {"used": True, "check_draws": len(checked), "check": f"{check} on {len(checked)} check draws",
-            "tolerance": atol}
+    return {"used": True, "check_draws": len(checked), "check": f"{check} on {len(checked)} check draws"}

@@ -105,8 +105,13 @@ def validate_common(*, seed: Any, batch_size: Any, progress: Any, precision: Any
         validate_int("threads", threads, 1)
     if not (batch_size == "auto" or (not isinstance(batch_size, bool) and isinstance(batch_size, int) and batch_size >= 1)):
         raise CEMInputError(f"batch_size={batch_size!r} must be 'auto' or an integer >= 1.")
-    if progress is not None and not isinstance(progress, bool):
-        raise CEMInputError(f"progress={progress!r} must be True, False or None (auto: on when stderr is a terminal).")
+    from ..progress import Progress
+
+    if progress is not None and not isinstance(progress, (bool, Progress)) and not callable(progress):
+        raise CEMInputError(
+            f"progress={progress!r} must be True (a bar), False (silent), None (a bar on a terminal, log lines "
+            "otherwise), a function receiving the log lines, or a cem_checks.progress.Progress."
+        )
     if precision not in PRECISIONS:
         raise CEMInputError(f"precision={precision!r} is unknown; expected one of {', '.join(map(repr, PRECISIONS))}.")
     return seed

@@ -14,6 +14,7 @@ from .options import COARSE, FINE
 def paper_estimates(eng: Engine, coarse: int, fine: int, tol: float) -> Estimates:
     nb = eng.grid.n_blocks
     all_blocks = np.arange(nb)
+    eng.progress.stage("coarse", nb * coarse)
     c_drops, c_changed, _ = eng.single_block_draws(eng.full, COARSE, all_blocks, coarse, crn=False)
     support = c_changed.any(1)
     flagged = (np.abs(c_drops) >= tol).any(1)
@@ -22,6 +23,7 @@ def paper_estimates(eng: Engine, coarse: int, fine: int, tol: float) -> Estimate
     counts = np.full(nb, coarse, dtype=np.int64)
     fl = np.flatnonzero(flagged)
     if fl.size:
+        eng.progress.stage("fine", int(fl.size) * fine)
         f_drops, f_changed, _ = eng.single_block_draws(eng.full, FINE, fl, fine, crn=False)
         samples[fl] = np.nan
         samples[fl, :fine] = f_drops
