@@ -26,7 +26,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                "check_negative_fraction_at_most", "check_positive_effect_local", "check_property",
                "check_receptive_field_within", "check_uses_context_beyond", "collect_outcomes"),
     "devices": ("resolve_device", "spread_device"),
-    "engine": ("MAX_PSNR_DB", "FastOptions", "compute_cem", "compute_support"),
+    "engine": ("MAX_PSNR_DB", "FastOptions", "compute_cem", "compute_cem_many", "compute_support"),
     "errors": ("BaselineError", "CacheWarning", "CEMError", "CheckpointError", "CEMInputError", "CEMWarning",
                "DeviceError", "ImageConversionWarning", "ImageError", "ModelError", "NondeterministicModelWarning",
                "OutputRangeWarning", "PatchBankError", "PrecisionWarning", "ROIError", "SettingsError",
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names the module __getatt
                          check_negative_fraction_at_most, check_positive_effect_local, check_property,
                          check_receptive_field_within, check_uses_context_beyond, collect_outcomes)
     from .devices import resolve_device, spread_device
-    from .engine import MAX_PSNR_DB, FastOptions, compute_cem, compute_support
+    from .engine import MAX_PSNR_DB, FastOptions, compute_cem, compute_cem_many, compute_support
     from .errors import (BaselineError, CacheWarning, CEMError, CEMInputError, CEMWarning, CheckpointError,
                          DeviceError, ImageConversionWarning, ImageError, ModelError, NondeterministicModelWarning,
                          OutputRangeWarning, PatchBankError, PrecisionWarning, ROIError, SettingsError,

@@ -179,9 +179,9 @@ def test_paper_procedure_counts(natural32):
     assert (np.abs(res.samples_db[~res.flagged][:, :3]) < 0.01).all()
     assert np.isnan(res.samples_db[~res.flagged][:, 3:]).all()
     # draws + the validation forward + 3 batches of 2 on a window (determinism and batch-independence checks) +
-    # one baseline per distinct batch size
+    # one baseline per distinct batch size (each flagged block's 6 fine draws run in batches of their own: 4 + 2)
     draws = nb * 3 + int(res.flagged.sum()) * 6
-    sizes = {4} | ({(nb * 3) % 4} - {0}) | ({(int(res.flagged.sum()) * 6) % 4} - {0})
+    sizes = {4} | ({(nb * 3) % 4} - {0}) | {6 % 4}
     assert res.forward_passes == draws + 1 + 6 + sum(sizes)
     assert res.pixels_processed == (res.forward_passes - 6) * 32 * 32 + 6 * 16 * 16  # 6 on the checks' window
     # the effect is the mean of the estimating draws, zeroed below tol

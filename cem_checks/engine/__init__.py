@@ -75,7 +75,7 @@ Implementation notes:
 
 from __future__ import annotations
 
-from .job import Job, compute_cem, compute_support
+from .job import Job, compute_cem, compute_cem_many, compute_support
 from .options import CHUNK, CPU_BATCH, ENGINE_VERSION, MAX_PSNR_DB, MODES, PRECISIONS, FastOptions, Phase
 from .runner import ModelRunner, model_name
 from .sequential import sequential_sampling
@@ -92,6 +92,7 @@ __all__ = [
     "ModelRunner",
     "Phase",
     "compute_cem",
+    "compute_cem_many",
     "compute_support",
     "model_name",
     "sequential_sampling",

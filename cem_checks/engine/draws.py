@@ -39,10 +39,11 @@ class Frame:
     same batch size; PSNR drops are measured against that baseline.
     """
 
-    def __init__(self, eng: "Engine", y0: int, x0: int, h: int, w: int):
+    def __init__(self, eng: "Engine", y0: int, x0: int, h: int, w: int, roi=None):
         self.eng = eng
         self.y0, self.x0, self.h, self.w = y0, x0, h, w
-        s, roi = eng.scale, eng.roi
+        s, roi = eng.scale, (eng.roi if roi is None else roi)
+        self.roi = roi
         self.x = eng.degraded[:, :, y0 : y0 + h, x0 : x0 + w].contiguous()
         ry, rx = roi.y - y0 * s, roi.x - x0 * s
         self.sl = (slice(None), slice(None), slice(ry, ry + roi.size), slice(rx, rx + roi.size))
@@ -61,11 +62,15 @@ class Frame:
         return -10.0 * torch.log10(mse.clamp_min(10.0 ** (-MAX_PSNR_DB / 10.0)))
 
     def baseline(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ROI output and PSNR of a batch of ``n`` copies of the frame (computed once per batch size)."""
+        """The ROI output and PSNR of a batch of ``n`` copies of the frame (computed once per batch size; one
+        forward serves every frame of the engine's shared group, see :meth:`Engine.run_frames`)."""
         if n not in self._baselines:
+            group = self.eng.shared_frames if self in self.eng.shared_frames else [self]
             out = self.eng.forward(self.x.expand(n, -1, -1, -1).clone(), f" (baseline batch of {n})")
-            r = out[self.sl].clone()
-            self._baselines[n] = (r, self.psnr(r))
+            for f in group:
+                if n not in f._baselines:
+                    r = out[f.sl].clone()
+                    f._baselines[n] = (r, f.psnr(r))
         return self._baselines[n]
 
 
@@ -100,6 +105,8 @@ class Engine:
         self.batch_size = 1
         self.oom_backoffs = 0
         self.progress = progress
+        #: frames over the same input window whose ROIs read the same forwards (see :meth:`run_frames`)
+        self.shared_frames: list[Frame] = []
         self.full = Frame(self, 0, 0, h, w)
         self._ar = torch.arange(block_size, device=device)
         self._chans = torch.arange(3, device=device)[None, :, None, None]
@@ -189,11 +196,19 @@ class Engine:
         return x
 
     def _run_chunk(self, frame: Frame, phase: Phase, ci: int, items, blocks, patches, n: int, batch: int | None = None):
+        drops, changed = self._run_chunk_frames([frame], phase, ci, items, blocks, patches, n, batch=batch)
+        return drops[0], changed[0]
+
+    def _run_chunk_frames(self, frames: list[Frame], phase: Phase, ci: int, items, blocks, patches, n: int,
+                          batch: int | None = None):
+        """Run one chunk; every frame (same input window, its own ROI) is scored on the same forwards.
+        Returns (len(frames), n) drops and changes."""
         dev = self.device
+        frame = frames[0]
         content, top, left = self.chunk_content(phase, ci, blocks, patches)
         items_t = torch.as_tensor(items, device=dev)
-        drops = torch.empty(n, dtype=torch.float64, device=self.stat_device)
-        changed = torch.empty(n, dtype=torch.bool, device=dev)
+        drops = torch.empty((len(frames), n), dtype=torch.float64, device=self.stat_device)
+        changed = torch.empty((len(frames), n), dtype=torch.bool, device=dev)
         pair_starts = np.searchsorted(items, np.arange(n + 1))
         s0 = 0
         while s0 < n:
@@ -202,7 +217,7 @@ class Engine:
             x = self.intervened(frame, B, items_t[p0:p1] - s0, top[p0:p1], left[p0:p1], content[p0:p1])
             try:
                 out = self.forward(x, f" ({phase}, draws {s0}..{s0 + B - 1} of chunk {ci})")
-                base_r, base_p = frame.baseline(B)
+                bases = [f.baseline(B) for f in frames]
             except Exception as exc:
                 if not is_oom(exc) or B == 1:
                     raise
@@ -211,11 +226,42 @@ class Engine:
                 del x
                 torch.cuda.empty_cache()
                 continue
-            r = out[frame.sl]
-            changed[s0 : s0 + B] = (r != base_r).flatten(1).any(1)
-            drops[s0 : s0 + B] = base_p - frame.psnr(r)
+            for k, (f, (base_r, base_p)) in enumerate(zip(frames, bases)):
+                r = out[f.sl]
+                changed[k, s0 : s0 + B] = (r != base_r).flatten(1).any(1)
+                drops[k, s0 : s0 + B] = base_p - f.psnr(r)
             s0 += B
         return drops.cpu().numpy(), changed.cpu().numpy()
+
+    def run_frames(self, frames: list[Frame], caches: list[ChunkCache], phase: Phase, item_of_pair: np.ndarray,
+                   block_of_pair: np.ndarray, patch_of_pair: torch.Tensor, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run` (normal forwards) for several frames over the same input window, each with its own ROI and
+        cache: each intervened output is scored on every frame's ROI. A chunk runs once unless every frame's
+        cache holds it, and is written to every cache that lacked it, under the name a single-ROI run gives it,
+        so shared and separate runs find each other's chunks. Returns (len(frames), n_items) drops and changes."""
+        box = frames[0].box
+        if any(f.box != box for f in frames):
+            raise ValueError("run_frames needs frames over one input window")
+        F = len(frames)
+        drops = np.empty((F, n_items), dtype=np.float64)
+        changed = np.empty((F, n_items), dtype=bool)
+        starts = np.searchsorted(item_of_pair, list(range(0, n_items, CHUNK)) + [n_items])
+        for ci, i0 in enumerate(range(0, n_items, CHUNK)):
+            i1 = min(i0 + CHUNK, n_items)
+            p0, p1 = starts[ci], starts[ci + 1]
+            pairs = (item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1])
+            what = digest(*pairs, box) if any(c.enabled for c in caches) else ""
+            got = [c.get(str(phase), ci, i1 - i0, what) for c in caches]
+            if any(g is None for g in got):
+                d, ch = self._run_chunk_frames(frames, phase, ci, *pairs, i1 - i0)
+                for k, c in enumerate(caches):
+                    if got[k] is None:
+                        c.put(str(phase), ci, d[k], ch[k], what=what)
+                got = list(zip(d, ch))
+            for k, (d, ch) in enumerate(got):
+                drops[k, i0:i1], changed[k, i0:i1] = d, ch
+            self.progress.update(i1 - i0)
+        return drops, changed
 
     def single_block_draws(self, frame: Frame, phase: Phase, block_ids: np.ndarray, n_draws: int, crn: bool,
                            first_draw: int = 0, local: "LocalDraws | None" = None):

@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -35,7 +35,8 @@ from .draws import Engine
 from .estimates import Estimates
 from .fast import fast_estimates
 from .options import CHUNK, FastOptions, validate_common, validate_int, validate_map_settings
-from .paper import paper_estimates
+from .draws import Frame
+from .paper import paper_estimates, paper_estimates_shared
 from .runner import ModelRunner, auto_batch_size, torch_threads, validate_model, validate_output_range, model_name
 from .support import SupportSearch
 
@@ -200,6 +201,13 @@ class Job:
         # the validation forward is the baseline of a batch of one image (same shape, same values)
         eng.full._baselines[1] = (roi_out, eng.full.psnr(roi_out))
         self.base_psnr = float(eng.full._baselines[1][1][0])
+        self.started = True
+
+    def _adopt_start(self, lead: "Job") -> None:
+        """Take the start stage of ``lead``, a job on the same model, image and settings (another ROI)."""
+        self.first = lead.first
+        self.eng.batch_size = lead.eng.batch_size
+        self.precision_shift = lead.precision_shift
         self.started = True
 
     def _common(self) -> dict[str, Any]:
@@ -370,6 +378,68 @@ def compute_cem(
                fine=fine, tol_db=tol_db, seed=seed, device=device, batch_size=batch_size, progress=progress, fast=fast,
                precision=precision, channels_last=channels_last, cache_dir=cache_dir, cache_key=cache_key,
                threads=threads).map()
+
+
+def shareable(jobs: list[Job]) -> bool:
+    """Whether the jobs (one per ROI of one image) can read their maps from shared forwards: the paper procedure
+    (every draw runs on the full input), with the same model, input, settings and device."""
+    lead = jobs[0]
+    same = lambda j: (j.model is lead.model and j.mode == "paper" and (j.coarse, j.fine, j.tol_db, j.seed) ==
+                      (lead.coarse, lead.fine, lead.tol_db, lead.seed) and j.block_size == lead.block_size and
+                      j.device == lead.device and (j.precision, j.channels_last) == (lead.precision, lead.channels_last)
+                      and j.bank is lead.bank and torch.equal(j.degraded, lead.degraded) and
+                      torch.equal(j.eng.clean, lead.eng.clean))
+    return len(jobs) > 1 and all(same(j) for j in jobs)
+
+
+def map_many(jobs: list[Job]) -> list[CEMResult]:
+    """The maps of several jobs that differ only in their ROI (see :func:`compute_cem_many`)."""
+    if not shareable(jobs):
+        return [j.map() for j in jobs]
+    lead = jobs[0]
+    h, w = lead.input_shape
+    for j in jobs:
+        j.eng.cache = j.map_cache
+    with lead._stage("map"):
+        start_passes = lead.runner.images
+        frames = [lead.eng.full] + [Frame(lead.eng, 0, 0, h, w, roi=j.roi) for j in jobs[1:]]
+        for f in frames[1:]:
+            r = lead.first[f.sl].clone()
+            f._baselines[1] = (r, f.psnr(r))
+        ests = paper_estimates_shared(lead.eng, frames, [j.map_cache for j in jobs], lead.coarse, lead.fine,
+                                      lead.tol_db)
+    total = lead.runner.images
+    baselines = sum(n for n in frames[0]._baselines if n != 1)
+    results = []
+    for j, f, est in zip(jobs, frames, ests):
+        if j is not lead:
+            j._adopt_start(lead)
+            j.base_psnr = float(f._baselines[1][1][0])
+            j.stages.append("map")
+        j.seconds = lead.seconds / len(jobs) if j is lead else j.seconds + lead.seconds / len(jobs)
+        res = j._map_result(est)
+        read = start_passes + baselines + est.info["forward_passes_read"]
+        res.meta["shared"] = {"rois": len(jobs), "image_forward_passes": total, "forward_passes_read": read,
+                              "fine_blocks": est.info["shared_fine_blocks"]}
+        results.append(replace(res, forward_passes=read, wall_s=j.seconds))
+    return results
+
+
+def compute_cem_many(model: Callable, image: Any, *, rois: list, **kwargs: Any) -> list[CEMResult]:
+    """The maps of several ROIs of one image (arguments as :func:`compute_cem`, with ``rois`` for ``roi``).
+
+    With ``mode="paper"`` the draws of the image serve every ROI: each intervened output is scored on all the
+    ROIs; the coarse draws run once and each fine draw once for every block some ROI flagged. The maps are
+    identical to separate :func:`compute_cem` runs with the same seed (and find each other's cached chunks).
+    Each result's ``forward_passes`` counts the forwards its map read (shared ones count for every ROI that read
+    them); ``meta["shared"]["image_forward_passes"]`` is what the image cost. In fast mode each ROI runs alone
+    (its support stage and crop already make local models cheap)."""
+    if not isinstance(rois, (list, tuple)) or not rois or all(isinstance(v, (int, np.integer)) for v in rois):
+        hint = " (it looks like one ROI: pass rois=[roi])" if isinstance(rois, tuple) and rois else ""
+        raise CEMInputError(f"rois={rois!r} must be a non-empty list of (x, y, size) ROIs in output px{hint}, "
+                            "e.g. rois=[(0, 0, 16), (16, 0, 16)].")
+    jobs = [Job(model, image, roi=r, **kwargs) for r in rois]
+    return map_many(jobs)
 
 
 def validate_within(within: Any) -> float | None:

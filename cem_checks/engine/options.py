@@ -18,7 +18,7 @@ MAX_PSNR_DB = 100.0
 CHUNK = 256
 #: Default batch size on CPU: larger batches bring no throughput on a few cores.
 CPU_BATCH = 8
-ENGINE_VERSION = 4
+ENGINE_VERSION = 5
 
 
 @dataclass(frozen=True)

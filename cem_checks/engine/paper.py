@@ -1,32 +1,68 @@
 """The published procedure (``mode="paper"``): ``coarse`` draws for every block; blocks where some draw moved the
 ROI PSNR by >= ``tol_db`` are *flagged* and get ``fine`` fresh draws; the effect is O minus the mean ROI PSNR of
-those fresh draws (unflagged blocks keep the mean of their coarse draws, below ``tol_db``)."""
+those fresh draws (unflagged blocks keep the mean of their coarse draws, below ``tol_db``).
+
+The draws do not depend on the ROI: the coarse draws are one stream over all blocks, and each block's fine draws
+are a stream of their own (patches and noise derived from the seed and the block), run in batches of their own.
+So several ROIs of one image (:func:`paper_estimates_shared`) read their PSNRs from the same forwards: the coarse
+draws run once, and each fine draw once for every block some ROI flagged, with maps identical to separate runs.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .draws import Engine
+from ..cache import ChunkCache
+from .draws import Engine, Frame
 from .estimates import Estimates
-from .options import COARSE, FINE
+from .options import COARSE, Phase
+
+
+def fine_phase(block: int) -> Phase:
+    """The phase of block ``block``'s fine draws (its own random streams; cached as ``fine-block<i>``)."""
+    return Phase("fine-block", int(block))
 
 
 def paper_estimates(eng: Engine, coarse: int, fine: int, tol: float) -> Estimates:
+    return paper_estimates_shared(eng, [eng.full], [eng.cache], coarse, fine, tol)[0]
+
+
+def paper_estimates_shared(eng: Engine, frames: list[Frame], caches: list[ChunkCache], coarse: int, fine: int,
+                           tol: float) -> list[Estimates]:
+    """The paper's estimates for several ROIs (one full-input frame and one cache each) from shared forwards.
+
+    Returns one :class:`Estimates` per frame, each with ``info["forward_passes_read"]``: the intervened forward
+    passes whose outputs that ROI read (its coarse draws and the fine draws of its flagged blocks)."""
     nb = eng.grid.n_blocks
+    F = len(frames)
     all_blocks = np.arange(nb)
-    eng.progress.stage("coarse", nb * coarse)
-    c_drops, c_changed, _ = eng.single_block_draws(eng.full, COARSE, all_blocks, coarse, crn=False)
-    support = c_changed.any(1)
-    flagged = (np.abs(c_drops) >= tol).any(1)
-    samples = np.full((nb, max(coarse, fine)), np.nan)
-    samples[:, :coarse] = c_drops
-    counts = np.full(nb, coarse, dtype=np.int64)
-    fl = np.flatnonzero(flagged)
-    if fl.size:
-        eng.progress.stage("fine", int(fl.size) * fine)
-        f_drops, f_changed, _ = eng.single_block_draws(eng.full, FINE, fl, fine, crn=False)
-        samples[fl] = np.nan
-        samples[fl, :fine] = f_drops
-        counts[fl] = fine
-        support[fl] |= f_changed.any(1)
-    return Estimates(samples=samples, counts=counts, support=support, flagged=flagged)
+    eng.shared_frames = list(frames)
+    try:
+        eng.progress.stage("coarse", nb * coarse)
+        c_drops, c_changed = eng.run_frames(frames, caches, COARSE, np.arange(nb * coarse),
+                                            np.repeat(all_blocks, coarse), eng.patch_ids(COARSE, (nb * coarse,)),
+                                            nb * coarse)
+        c_drops = c_drops.reshape(F, nb, coarse)
+        c_changed = c_changed.reshape(F, nb, coarse)
+        flagged = (np.abs(c_drops) >= tol).any(2)
+        support = c_changed.any(2)
+        samples = np.full((F, nb, max(coarse, fine)), np.nan)
+        samples[:, :, :coarse] = c_drops
+        counts = np.full((F, nb), coarse, dtype=np.int64)
+        union = np.flatnonzero(flagged.any(0))
+        eng.progress.stage("fine", int(union.size) * fine)
+        for b in union:
+            ks = np.flatnonzero(flagged[:, b])
+            phase = fine_phase(b)
+            f_drops, f_changed = eng.run_frames([frames[k] for k in ks], [caches[k] for k in ks], phase,
+                                                np.arange(fine), np.full(fine, b), eng.patch_ids(phase, (fine,)), fine)
+            samples[ks, b] = np.nan
+            samples[ks, b, :fine] = f_drops
+            counts[ks, b] = fine
+            support[ks, b] |= f_changed.any(1)
+    finally:
+        eng.shared_frames = []
+    return [Estimates(samples=samples[k], counts=counts[k], support=support[k], flagged=flagged[k],
+                      info={"forward_passes_read": nb * coarse + fine * int(flagged[k].sum()),
+                            "shared_fine_blocks": int(union.size)})
+            for k in range(F)]
