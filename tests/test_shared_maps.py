@@ -59,7 +59,25 @@ def test_shared_maps_read_and_write_the_separate_runs_cache(natural32, tmp_path)
     assert again.forward_passes < many[1].forward_passes / 4
 
 
-def test_fast_mode_runs_each_roi_alone(natural32):
+def test_fast_mode_shares_the_coarse_draws_of_a_global_model(natural32):
+    torch.manual_seed(1)
+    model = RCANLite(scale=2, features=8, blocks=1)
+    rois = [(0, 0, 8), (16, 8, 8), (24, 24, 8)]
+    kw = {**KW, "mode": "fast"}
+    many = cc.compute_cem_many(model, natural32, task="sr2", rois=rois, **kw)
+    separate = [cc.compute_cem(model, natural32, task="sr2", roi=r, **kw) for r in rois]
+    nb = many[0].rows * many[0].cols
+    for a, b in zip(many, separate):
+        _same(a, b)
+        assert a.meta["shared"]["draws"] == "coarse"
+        assert a.forward_passes == b.forward_passes
+        assert a.meta["fast"]["candidates"] == nb  # a global model: nothing ruled out
+    image = many[0].meta["shared"]["image_forward_passes"]
+    # the coarse draws ran once instead of once per ROI
+    assert image <= sum(r.forward_passes for r in separate) - (len(rois) - 1) * nb * 3
+
+
+def test_fast_mode_runs_each_roi_of_a_local_model_alone(natural32):
     model = ConvStack((1, 1))
     rois = [(0, 0, 8), (16, 16, 8)]
     kw = {**KW, "mode": "fast"}

@@ -273,15 +273,19 @@ class Engine:
         nb = len(block_ids)
         if nb == 0:
             return np.zeros((0, n_draws)), np.zeros((0, n_draws), bool), np.ones((0, n_draws), bool)
+        items, blocks, patches = self.single_block_pairs(phase, block_ids, n_draws, crn, first_draw)
+        drops, changed, exact = self.run(frame, phase, items, blocks, patches, nb * n_draws, local=local)
+        return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws), exact.reshape(nb, n_draws)
+
+    def single_block_pairs(self, phase: Phase, block_ids: np.ndarray, n_draws: int, crn: bool, first_draw: int = 0):
+        """The (item, block, patch) pairs of :meth:`single_block_draws`."""
+        nb = len(block_ids)
         if crn:
             ids = torch.cat([self.patch_ids(phase.crn_stream(j), (1,)) for j in range(first_draw, first_draw + n_draws)])
             patches = ids.repeat(nb)
         else:
             patches = self.patch_ids(phase, (nb * n_draws,))
-        items = np.arange(nb * n_draws)
-        drops, changed, exact = self.run(frame, phase, items, np.repeat(block_ids, n_draws), patches, nb * n_draws,
-                                         local=local)
-        return drops.reshape(nb, n_draws), changed.reshape(nb, n_draws), exact.reshape(nb, n_draws)
+        return np.arange(nb * n_draws), np.repeat(block_ids, n_draws), patches
 
     def group_changed(self, phase: Phase, group: np.ndarray, draws: int, frame: Frame | None = None) -> bool:
         """Whether a joint intervention on every block of ``group`` changed the ROI output in any of ``draws``

@@ -53,23 +53,56 @@ def crop_frame(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tuple[
     return eng.full, {"crop": None, "crop_check": "off" if not opts.crop else "not needed"}
 
 
-def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine: int, tol: float,
-                   opts: FastOptions) -> Estimates:
-    nb = eng.grid.n_blocks
+class FastState:
+    """Fast mode's state between its stages: the candidates, the frame the draws run in, local evaluation and the
+    meta summary (see :func:`fast_prepare`)."""
+
+    def __init__(self, eng: Engine, candidates: np.ndarray, frame: Frame, local: Any, info: dict[str, Any]):
+        self.eng, self.candidates, self.frame, self.local, self.info = eng, candidates, frame, local, info
+
+    @property
+    def cand(self) -> np.ndarray:
+        return np.flatnonzero(self.candidates)
+
+    @property
+    def full_image_draws(self) -> bool:
+        """Nothing ruled out, no crop, no local evaluation: every coarse draw is a full-input forward that every
+        ROI of the image can read (see :func:`cem_checks.engine.job.map_many`)."""
+        return bool(self.candidates.all()) and self.frame is self.eng.full and self.local is None
+
+
+def fast_prepare(eng: Engine, search: SupportSearch | None, coarse: int, tol: float, opts: FastOptions) -> FastState:
+    """Stages 1 and 2 and the local-evaluation check."""
     candidates, info = support_candidates(eng, search, coarse, opts)
     frame, crop_info = crop_frame(eng, candidates, opts)
     info.update(crop_info)
+    local, info["local_eval"] = local_setup(eng, frame, np.flatnonzero(candidates), opts, tol)
+    return FastState(eng, candidates, frame, local, info)
 
-    # Stage 3: coarse draws of the candidates, evaluated locally where the model allows it.
-    cand = np.flatnonzero(candidates)
+
+def fast_coarse(st: FastState, coarse: int, opts: FastOptions):
+    """Stage 3's draws: (drops, changed, exact) of the candidates, (n_candidates, coarse) each."""
+    cand = st.cand
+    st.eng.progress.stage("coarse", int(cand.size) * coarse)
+    return st.eng.single_block_draws(st.frame, COARSE, cand, coarse, crn=opts.common_random_numbers, local=st.local)
+
+
+def fast_estimates(eng: Engine, search: SupportSearch | None, coarse: int, fine: int, tol: float,
+                   opts: FastOptions) -> Estimates:
+    st = fast_prepare(eng, search, coarse, tol, opts)
+    return fast_finish(st, fast_coarse(st, coarse, opts), coarse, fine, tol, opts)
+
+
+def fast_finish(st: FastState, coarse_draws, coarse: int, fine: int, tol: float, opts: FastOptions) -> Estimates:
+    """The rest of stage 3 (flags, support confirmation) and stage 4, from the coarse draws."""
+    eng, frame, local, info, candidates = st.eng, st.frame, st.local, st.info, st.candidates
+    nb = eng.grid.n_blocks
+    cand = st.cand
+    c_drops, c_changed, c_exact = coarse_draws
     samples = np.full((nb, max(coarse, fine)), np.nan)
     counts = np.zeros(nb, dtype=np.int64)
     support = np.zeros(nb, dtype=bool)
     flagged = np.zeros(nb, dtype=bool)
-    local, info["local_eval"] = local_setup(eng, frame, cand, opts, tol)
-    eng.progress.stage("coarse", int(cand.size) * coarse)
-    c_drops, c_changed, c_exact = eng.single_block_draws(frame, COARSE, cand, coarse, crn=opts.common_random_numbers,
-                                                          local=local)
     samples[cand, :coarse] = c_drops
     counts[cand] = coarse
     flagged[cand] = (np.abs(c_drops) >= tol).any(1)

@@ -33,8 +33,8 @@ from .cachekey import job_material, map_material, support_material
 from ..progress import Progress
 from .draws import Engine
 from .estimates import Estimates
-from .fast import fast_estimates
-from .options import CHUNK, FastOptions, validate_common, validate_int, validate_map_settings
+from .fast import fast_coarse, fast_estimates, fast_finish, fast_prepare
+from .options import CHUNK, COARSE, FastOptions, validate_common, validate_int, validate_map_settings
 from .draws import Frame
 from .paper import paper_estimates, paper_estimates_shared
 from .runner import ModelRunner, auto_batch_size, torch_threads, validate_model, validate_output_range, model_name
@@ -159,7 +159,7 @@ class Job:
         return self.runner.images
 
     @contextmanager
-    def _stage(self, name: str):
+    def _stage(self, name: str, record: bool = True):
         t0 = time.perf_counter()
         self.eng.progress = Progress.auto(self.progress_arg, self.label)
         self.eng.progress.stage(name)
@@ -167,7 +167,8 @@ class Job:
             with torch_threads(self.threads), self.runner.prepared():
                 self._start()
                 yield
-            self.stages.append(name)
+            if record and name not in self.stages[-1:]:
+                self.stages.append(name)
         finally:
             self.eng.progress.close()
             self.seconds += time.perf_counter() - t0
@@ -380,48 +381,112 @@ def compute_cem(
                threads=threads).map()
 
 
-def shareable(jobs: list[Job]) -> bool:
-    """Whether the jobs (one per ROI of one image) can read their maps from shared forwards: the paper procedure
-    (every draw runs on the full input), with the same model, input, settings and device."""
-    lead = jobs[0]
-    same = lambda j: (j.model is lead.model and j.mode == "paper" and (j.coarse, j.fine, j.tol_db, j.seed) ==
-                      (lead.coarse, lead.fine, lead.tol_db, lead.seed) and j.block_size == lead.block_size and
-                      j.device == lead.device and (j.precision, j.channels_last) == (lead.precision, lead.channels_last)
-                      and j.bank is lead.bank and torch.equal(j.degraded, lead.degraded) and
-                      torch.equal(j.eng.clean, lead.eng.clean))
-    return len(jobs) > 1 and all(same(j) for j in jobs)
+def _same_job(j: Job, lead: Job) -> bool:
+    """Whether ``j`` differs from ``lead`` at most in its ROI."""
+    return (j.model is lead.model and j.mode == lead.mode and (j.coarse, j.fine, j.tol_db, j.seed, j.fast) ==
+            (lead.coarse, lead.fine, lead.tol_db, lead.seed, lead.fast) and j.block_size == lead.block_size and
+            j.device == lead.device and (j.precision, j.channels_last) == (lead.precision, lead.channels_last) and
+            j.bank is lead.bank and torch.equal(j.degraded, lead.degraded) and torch.equal(j.eng.clean, lead.eng.clean))
+
+
+def _shared_frames(lead: Job, jobs: list[Job]) -> list[Frame]:
+    """Full-input frames on ``lead``'s engine, one per job's ROI (the lead's own frame first), with the baseline of
+    one image taken from the validation forward."""
+    h, w = lead.input_shape
+    frames = [lead.eng.full if j is lead else Frame(lead.eng, 0, 0, h, w, roi=j.roi) for j in jobs]
+    for f in frames:
+        if 1 not in f._baselines:
+            r = lead.first[f.sl].clone()
+            f._baselines[1] = (r, f.psnr(r))
+    return frames
 
 
 def map_many(jobs: list[Job]) -> list[CEMResult]:
     """The maps of several jobs that differ only in their ROI (see :func:`compute_cem_many`)."""
-    if not shareable(jobs):
-        return [j.map() for j in jobs]
     lead = jobs[0]
-    h, w = lead.input_shape
+    if len(jobs) == 1 or not all(_same_job(j, lead) for j in jobs):
+        return [j.map() for j in jobs]
+    return _paper_many(jobs) if lead.mode == "paper" else _fast_many(jobs)
+
+
+def _paper_many(jobs: list[Job]) -> list[CEMResult]:
+    lead = jobs[0]
     for j in jobs:
         j.eng.cache = j.map_cache
     with lead._stage("map"):
         start_passes = lead.runner.images
-        frames = [lead.eng.full] + [Frame(lead.eng, 0, 0, h, w, roi=j.roi) for j in jobs[1:]]
-        for f in frames[1:]:
-            r = lead.first[f.sl].clone()
-            f._baselines[1] = (r, f.psnr(r))
+        frames = _shared_frames(lead, jobs)
         ests = paper_estimates_shared(lead.eng, frames, [j.map_cache for j in jobs], lead.coarse, lead.fine,
                                       lead.tol_db)
     total = lead.runner.images
     baselines = sum(n for n in frames[0]._baselines if n != 1)
+    share = lead.seconds / len(jobs)
     results = []
     for j, f, est in zip(jobs, frames, ests):
         if j is not lead:
             j._adopt_start(lead)
             j.base_psnr = float(f._baselines[1][1][0])
             j.stages.append("map")
-        j.seconds = lead.seconds / len(jobs) if j is lead else j.seconds + lead.seconds / len(jobs)
-        res = j._map_result(est)
-        read = start_passes + baselines + est.info["forward_passes_read"]
-        res.meta["shared"] = {"rois": len(jobs), "image_forward_passes": total, "forward_passes_read": read,
-                              "fine_blocks": est.info["shared_fine_blocks"]}
-        results.append(replace(res, forward_passes=read, wall_s=j.seconds))
+        j.seconds = share if j is lead else j.seconds + share
+        read = start_passes + baselines + est.info.pop("forward_passes_read")
+        results.append(_shared_result(j, est, read, total, "coarse and fine", est.info.pop("shared_fine_blocks"),
+                                      len(jobs)))
+    return results
+
+
+def _shared_result(j: Job, est: Estimates, read: int, total: int, what: str, fine_blocks: int | None,
+                   rois: int) -> CEMResult:
+    res = j._map_result(est)
+    res.meta["shared"] = {"draws": what, "rois": rois, "image_forward_passes": total, "forward_passes_read": read,
+                          "fine_blocks": fine_blocks}
+    return replace(res, forward_passes=read, wall_s=j.seconds)
+
+
+def _fast_many(jobs: list[Job]) -> list[CEMResult]:
+    """Fast mode: each ROI's support stage runs alone; the ROIs whose draws all run on the full input (nothing
+    ruled out, no crop, no local evaluation: global models) read their coarse draws from shared forwards; the
+    sequential fine draws stop per block and ROI, so they run per ROI."""
+    lead = jobs[0]
+    states = []
+    for j in jobs:
+        j.eng.cache = j.map_cache
+        with j._stage("map", record=False):
+            states.append(fast_prepare(j.eng, j.search if j.fast.group_testing else None, j.coarse, j.tol_db, j.fast))
+    group = [k for k, st in enumerate(states) if st.full_image_draws]
+    coarse: dict[int, Any] = {}
+    shared_passes = 0
+    if len(group) > 1:
+        head = jobs[group[0]]
+        with head._stage("map", record=False):
+            before = head.runner.images
+            frames = _shared_frames(head, [jobs[k] for k in group])
+            nb = head.eng.grid.n_blocks
+            pairs = head.eng.single_block_pairs(COARSE, np.arange(nb), head.coarse, head.fast.common_random_numbers)
+            head.eng.shared_frames = frames
+            try:
+                head.eng.progress.stage("coarse", nb * head.coarse)
+                drops, changed = head.eng.run_frames(frames, [jobs[k].map_cache for k in group], COARSE, *pairs,
+                                                     nb * head.coarse)
+            finally:
+                head.eng.shared_frames = []
+            for i, k in enumerate(group):
+                coarse[k] = (drops[i].reshape(nb, -1), changed[i].reshape(nb, -1), np.ones((nb, head.coarse), bool))
+                if jobs[k] is not head:
+                    jobs[k].eng.full._baselines.update(frames[i]._baselines)
+            shared_passes = head.runner.images - before
+    ests = []
+    for k, (j, st) in enumerate(zip(jobs, states)):
+        with j._stage("map"):
+            ests.append(fast_finish(st, coarse[k] if k in coarse else fast_coarse(st, j.coarse, j.fast), j.coarse,
+                                    j.fine, j.tol_db, j.fast))
+    total = sum(j.runner.images for j in jobs)
+    results = []
+    for k, (j, est) in enumerate(zip(jobs, ests)):
+        if k in coarse:
+            own = j.runner.images - (shared_passes if j is jobs[group[0]] else 0)
+            results.append(_shared_result(j, est, own + shared_passes, total, "coarse", None, len(group)))
+        else:
+            results.append(j._map_result(est))
     return results
 
 
@@ -432,8 +497,12 @@ def compute_cem_many(model: Callable, image: Any, *, rois: list, **kwargs: Any) 
     ROIs; the coarse draws run once and each fine draw once for every block some ROI flagged. The maps are
     identical to separate :func:`compute_cem` runs with the same seed (and find each other's cached chunks).
     Each result's ``forward_passes`` counts the forwards its map read (shared ones count for every ROI that read
-    them); ``meta["shared"]["image_forward_passes"]`` is what the image cost. In fast mode each ROI runs alone
-    (its support stage and crop already make local models cheap)."""
+    them); ``meta["shared"]["image_forward_passes"]`` is what the image cost.
+
+    In fast mode each ROI's support stage runs alone; where nothing is ruled out and the draws run on the full input
+    (global models), the ROIs read their coarse draws from shared forwards; the sequential fine draws stop per
+    block and ROI and run per ROI. Local models need no sharing: their support stage and crop already confine
+    each ROI's draws to its neighbourhood."""
     if not isinstance(rois, (list, tuple)) or not rois or all(isinstance(v, (int, np.integer)) for v in rois):
         hint = " (it looks like one ROI: pass rois=[roi])" if isinstance(rois, tuple) and rois else ""
         raise CEMInputError(f"rois={rois!r} must be a non-empty list of (x, y, size) ROIs in output px{hint}, "
