@@ -401,12 +401,23 @@ def _shared_frames(lead: Job, jobs: list[Job]) -> list[Frame]:
     return frames
 
 
-def map_many(jobs: list[Job]) -> list[CEMResult]:
-    """The maps of several jobs that differ only in their ROI (see :func:`compute_cem_many`)."""
+def map_many(jobs: list[Job], on_result: Callable[[int, CEMResult], None] | None = None) -> list[CEMResult]:
+    """The maps of several jobs that differ only in their ROI (see :func:`compute_cem_many`). ``on_result(k,
+    result)`` is called as soon as job k's map is done (a map computed alone is done before the next one starts;
+    maps read from shared forwards are done together)."""
     lead = jobs[0]
+    emit = on_result or (lambda k, r: None)
     if len(jobs) == 1 or not all(_same_job(j, lead) for j in jobs):
-        return [j.map() for j in jobs]
-    return _paper_many(jobs) if lead.mode == "paper" else _fast_many(jobs)
+        out = []
+        for k, j in enumerate(jobs):
+            out.append(j.map())
+            emit(k, out[-1])
+        return out
+    out = _paper_many(jobs) if lead.mode == "paper" else _fast_many(jobs, emit)
+    if lead.mode == "paper":
+        for k, r in enumerate(out):
+            emit(k, r)
+    return out
 
 
 def _paper_many(jobs: list[Job]) -> list[CEMResult]:
@@ -442,7 +453,7 @@ def _shared_result(j: Job, est: Estimates, read: int, total: int, what: str, fin
     return replace(res, forward_passes=read, wall_s=j.seconds)
 
 
-def _fast_many(jobs: list[Job]) -> list[CEMResult]:
+def _fast_many(jobs: list[Job], emit: Callable[[int, CEMResult], None]) -> list[CEMResult]:
     """Fast mode: each ROI's support stage runs alone; the ROIs whose draws all run on the full input (nothing
     ruled out, no crop, no local evaluation: global models) read their coarse draws from shared forwards; the
     sequential fine draws stop per block and ROI, so they run per ROI."""
@@ -474,19 +485,23 @@ def _fast_many(jobs: list[Job]) -> list[CEMResult]:
                 if jobs[k] is not head:
                     jobs[k].eng.full._baselines.update(frames[i]._baselines)
             shared_passes = head.runner.images - before
-    ests = []
+    results: list[Any] = [None] * len(jobs)
+    ests: dict[int, Estimates] = {}
     for k, (j, st) in enumerate(zip(jobs, states)):
         with j._stage("map"):
-            ests.append(fast_finish(st, coarse[k] if k in coarse else fast_coarse(st, j.coarse, j.fast), j.coarse,
-                                    j.fine, j.tol_db, j.fast))
-    total = sum(j.runner.images for j in jobs)
-    results = []
-    for k, (j, est) in enumerate(zip(jobs, ests)):
+            est = fast_finish(st, coarse[k] if k in coarse else fast_coarse(st, j.coarse, j.fast), j.coarse, j.fine,
+                              j.tol_db, j.fast)
         if k in coarse:
-            own = j.runner.images - (shared_passes if j is jobs[group[0]] else 0)
-            results.append(_shared_result(j, est, own + shared_passes, total, "coarse", None, len(group)))
+            ests[k] = est
         else:
-            results.append(j._map_result(est))
+            results[k] = j._map_result(est)
+            emit(k, results[k])
+    total = sum(jobs[k].runner.images for k in coarse)  # what the ROIs that shared forwards cost together
+    for k in coarse:
+        j = jobs[k]
+        own = j.runner.images - (shared_passes if j is jobs[group[0]] else 0)
+        results[k] = _shared_result(j, ests[k], own + shared_passes, total, "coarse", None, len(group))
+        emit(k, results[k])
     return results
 
 
