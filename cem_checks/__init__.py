@@ -40,8 +40,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                 "significant_effect", "support_radius"),
     "patches": ("PatchBank", "bundled_images", "default_patch_bank", "load_patches"),
     "result": ("CEMResult", "SupportResult"),
-    "sweep": ("OverOutcome", "Sweep", "SweepItem", "SweepPropertyError", "assert_over", "check_over",
-              "collect_over_outcomes", "roi_grid", "roi_sample", "run_image", "texture_energy"),
+    "sweeps": ("OverOutcome", "Sweep", "SweepItem", "SweepPropertyError", "assert_over", "check_over",
+               "collect_over_outcomes", "roi_grid", "roi_sample", "run_image", "sweep", "texture_energy"),
     "tasks": ("Denoising", "Deraining", "SuperResolution", "Task", "parse_task"),
 }
 #: public name -> the submodule that defines it
@@ -50,11 +50,10 @@ _ORIGIN: dict[str, str] = {name: module for module, names in _EXPORTS.items() fo
 _SUBMODULES = frozenset({
     "baseline", "cache", "checks", "cli", "constants", "devices", "engine", "errors", "grid", "images", "lazy",
     "loading", "local_eval", "metrics", "models", "patches", "records", "reporting", "result", "stats",
-    "strategies", "sweep", "tasks",
+    "strategies", "sweeps", "tasks",
 })
 
-# ``cem_checks.sweep`` is the submodule, callable as the function ``cem_checks.sweep.sweep`` (see that module)
-__all__ = sorted([*_ORIGIN, "sweep"], key=str.casefold)
+__all__ = sorted(_ORIGIN, key=str.casefold)
 
 
 def __getattr__(name: str) -> Any:
@@ -92,6 +91,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names the module __getatt
                           significant_effect, support_radius)
     from .patches import PatchBank, bundled_images, default_patch_bank, load_patches
     from .result import CEMResult, SupportResult
-    from .sweep import (OverOutcome, Sweep, SweepItem, SweepPropertyError, assert_over, check_over,
-                        collect_over_outcomes, roi_grid, roi_sample, run_image, texture_energy)
+    from .sweeps import (OverOutcome, Sweep, SweepItem, SweepPropertyError, assert_over, check_over,
+                         collect_over_outcomes, roi_grid, roi_sample, run_image, sweep, texture_energy)
     from .tasks import Denoising, Deraining, SuperResolution, Task, parse_task

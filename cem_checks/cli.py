@@ -46,6 +46,8 @@ Render one HTML report from one or more JSON results files (pytest --cem-json, c
 Several files are merged, as the shards of one CI matrix run on different machines: every test, map and property
 outcome of every file, in file order, with the summary counts recomputed. A test id present in more than one
 file is kept from each and labelled with its source file name, e.g. "test_x.py::test_a [shard-2.json]".
+The shards of a sweep (pytest --cem-shard K/N on each machine) merge into one sweep: its items in index order,
+its aggregates recomputed (the same as an unsharded run's), the assertions of each shard kept.
 "cem report merge a.json b.json -o report.html" is the same as "cem report a.json b.json -o report.html".
 An output ending in .json writes the merged JSON results instead of HTML.
 """
@@ -395,6 +397,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         f"{len(files)} results file{'' if len(files) == 1 else 's'}: {s.get('tests')} tests, {s.get('maps')} maps, "
         f"{s.get('properties')} properties ({s.get('failed_properties')} failed) -> {written}"
     )
+    for t in document.get("tests") or []:
+        for w in t.get("sweeps") or []:
+            shards = w.get("merged_shards") if isinstance(w, dict) else None
+            if shards:
+                missing = "" if w.get("complete") else " (incomplete: some shards are missing)"
+                print(f"sweep of {t.get('nodeid')} merged from {len(shards)} of {shards[0][1]} shards: "
+                      f"{w.get('n_items')} items{missing}")
     return EXIT_OK
 
 

@@ -59,8 +59,18 @@ class PatchBank:
         return _hash_tensor(self.patches)
 
     def as_float(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The patches as float32 (N, 3, h, w) in [0, 1] on ``device``."""
-        return self.patches.to(device=device).float() / 255.0
+        """The patches as float32 (N, 3, h, w) in [0, 1] on ``device``: converted once per device and kept with the
+        bank (the many ROIs of a sweep build their engines from one bank), so treat it as read-only."""
+        key = str(torch.device(device))
+        floats = self.__dict__.setdefault("_floats", {})
+        if key not in floats:
+            floats[key] = self.patches.to(device=device).float() / 255.0
+        return floats[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_floats", None)  # the converted copies stay with the process that made them
+        return state
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "count": len(self), "patch_shape": list(self.patch_shape), "sha256": self.sha256}

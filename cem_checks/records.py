@@ -12,7 +12,8 @@ Results file (``RESULTS_FORMAT`` version ``RESULTS_FORMAT_VERSION``), written by
                 "message": ... (failure text or skip reason; absent for a plain pass),
                 "teardown_error": ... (only when the teardown failed: its text),
                 "maps": [map summary, ...],
-                "properties": [property record, ...]}, ...]}
+                "properties": [property record, ...],
+                "sweeps": [sweep record, ...] (only when the test ran sweeps)}, ...]}
 
 The pytest plugin records every test of the session, with or without maps: ``outcome`` is the test's verdict
 as pytest's summary line counts it (``"error"``: it failed in setup; a teardown failure adds ``teardown_error``,
@@ -36,6 +37,17 @@ property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` p
 ``bound_text``, the two strings a summary line shows; each of its ``worst_blocks`` names the block's box
 ``box_px`` ``[x, y, w, h]`` in input px (null in records of older versions).
 
+A sweep record (:func:`sweep_record`, ``cem_checks.sweeps``: one map, or support stage, per (image, ROI) item)
+holds the sweep's stage, model, ``settings``, ``shard`` (``[K, N]`` or null), ``counts`` (forward passes, wall
+time, ...), the per-item table as ``columns`` and ``items`` (one JSON object per row of ``Sweep.frame``, in item
+index order, NaN as null; plus a column per metric an assertion used that the frame lacks, see
+:func:`_metric_columns`), ``aggregates`` (per metric column: n, mean, std, min, median, q90, max over the items;
+:func:`sweep_aggregates`), the ``assertions`` made over it (:func:`over_record`, also listed among the test's
+``properties``) and ``worst_maps``: the map summaries (:func:`result_summary`) of the worst few items of each
+assertion (:data:`SWEEP_WORST_MAPS`), each with the assertions that chose it. :func:`merge_sweeps` joins the
+records of the shards of one sweep (``--cem-shard K/N``) into the record of the whole, with the same table and
+aggregates as an unsharded run (``merged_shards`` lists the shards).
+
 :func:`scalar_summary` and :func:`property_scalars` keep the numbers of a map summary and of a property record
 without the per-block grids and images: what the plugin writes into junit-xml by default.
 
@@ -48,6 +60,7 @@ into one document, and :func:`recount_summary` recomputes a document's summary f
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,6 +93,8 @@ __all__ = [
     "map_images",
     "map_summary",
     "merge_documents",
+    "merge_sweeps",
+    "over_record",
     "outcome_counts",
     "property_scalars",
     "relative_paths",
@@ -93,6 +108,9 @@ __all__ = [
     "results_document",
     "default_environment",
     "summarize",
+    "sweep_aggregates",
+    "sweep_record",
+    "sweep_scalars",
     "uncertainty_summary",
     "write_document",
 ]
@@ -299,12 +317,306 @@ def property_line(record: dict[str, Any]) -> str:
     return f"{record.get('name')} {verdict}: {record.get('measured_text')}; bound {record.get('bound_text')}"
 
 
+# ------------------------------------------------------------------------------------------ sweeps
+#: The columns of a sweep's per-item table that say which item a row is: left out of the aggregates.
+SWEEP_KEY_COLUMNS = ("index", "image", "x", "y", "size")
+#: Columns that vary from run to run (timings): left out of the aggregates, summed in a merge's counts.
+SWEEP_TIMING_COLUMNS = ("wall_s",)
+#: The statistics :func:`sweep_aggregates` gives per column, over the items with a finite value.
+SWEEP_STATISTICS = ("n", "mean", "std", "min", "median", "q90", "max")
+#: How many of the worst items of each assertion over a sweep have their map recorded in the sweep record.
+SWEEP_WORST_MAPS = 3
+
+
+def _roi_list(roi: Any) -> list | None:
+    try:
+        return [int(v) for v in roi]
+    except (TypeError, ValueError):
+        return None
+
+
+def over_record(outcome: Any, *, sweep: int | None = None) -> dict[str, Any]:
+    """A property record of an assertion over a sweep (``cem_checks.sweeps.OverOutcome``, made by ``check_over`` /
+    ``assert_over``): its ``to_record()`` (name, metric, params, statistic, value, ci_low, ci_high, op, bound, unit,
+    passed, decision, n_items, n_nan, confidence, n_boot, seed, settings, note, message) plus what the report and the
+    summaries read of any property record: ``kind`` ``"sweep"``, ``description``, ``expression`` (e.g.
+    ``"quantile:0.9 of effective_radius_px over 12 items"``), ``measured`` (the statistic), ``measured_text``
+    (with the interval), ``bound_text``, ``worst_blocks`` (none), ``worst_items`` (``{"image", "roi": [x, y,
+    size], "value"}``, worst first), ``metric_expression`` (the metric with its parameters, e.g.
+    ``"context_share(beyond=7)"``), ``values`` (the metric per item, in item order, when the outcome carries
+    them), ``sweep`` (its position among the test's sweeps, None when unknown) and ``shard`` (the sweep's ``[K, N]``
+    or None)."""
+    rec = dict(outcome.to_record())
+    unit = str(rec.get("unit") or "")
+    statistic, n_items = rec.get("statistic"), rec.get("n_items")
+    value, lo, hi, confidence = rec.get("value"), rec.get("ci_low"), rec.get("ci_high"), rec.get("confidence")
+    expression = f"{statistic} of {outcome.expression} over {n_items} items"
+    ci = ""
+    if _is_number(lo) and _is_number(hi):
+        level = f"{confidence * 100:.3g}% " if _is_number(confidence) else ""
+        ci = f" ({level}CI [{_fmt(lo, unit)}, {_fmt(hi, unit)}])"
+    worst = [{"image": str(w.get("image")), "roi": _roi_list(w.get("roi")), "value": w.get("value")}
+             for w in rec.pop("worst", None) or [] if isinstance(w, dict)]
+    settings = dict(rec.get("settings") or {})
+    shard = settings.get("shard")
+    decided = "its interval" if rec.get("decision") == "interval" else "the statistic itself"
+    values = getattr(outcome, "values", None)
+    if values is not None:
+        rec["values"] = [float(v) for v in values]
+    rec.update({
+        "kind": "sweep",
+        "metric_expression": outcome.expression,
+        "description": (f"the {statistic} of {outcome.expression} over the items of a sweep, {decided} compared with "
+                        "the bound (percentile bootstrap over the items)"),
+        "expression": expression,
+        "measured": value,
+        "measured_text": f"{expression} = {_fmt(value, unit)}{ci}",
+        "bound_text": outcome.bound_text,
+        "worst_items": worst,
+        "worst_blocks": [],
+        "map_hint": "",
+        "sweep": sweep,
+        "shard": list(shard) if isinstance(shard, (list, tuple)) else None,
+    })
+    return _json_safe(rec)
+
+
+def _frame_items(sweep: Any) -> tuple[list[str], list[dict]]:
+    """The columns and rows (JSON-safe dicts, in item index order) of ``sweep.frame``."""
+    frame = sweep.frame
+    columns = [str(c) for c in frame.columns]
+    rows = [_json_safe({str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            for row in frame.to_dict(orient="records")]
+    if "index" in columns:
+        rows.sort(key=lambda r: (r.get("index") is None, r.get("index")))
+    return columns, rows
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sweep_aggregates(columns: Sequence[str], items: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Per numeric column of a sweep's table (not :data:`SWEEP_KEY_COLUMNS` nor :data:`SWEEP_TIMING_COLUMNS`): the
+    :data:`SWEEP_STATISTICS` over the items with a finite value, in item index order (``n`` counts them; the others
+    are None when ``n`` is 0; ``std`` is the sample standard deviation, None below 2 items; ``q90`` the 0.9
+    quantile, linear interpolation). Items in the same order give the same floats: a merged sweep's aggregates equal
+    the unsharded run's."""
+    ordered = sorted(items, key=lambda r: (r.get("index") is None, r.get("index"))) if "index" in columns else items
+    out: dict[str, dict[str, Any]] = {}
+    for c in columns:
+        if c in SWEEP_KEY_COLUMNS or c in SWEEP_TIMING_COLUMNS:
+            continue
+        values = [r.get(c) for r in ordered]
+        if not all(v is None or _is_number(v) for v in values):
+            continue  # a column of text
+        a = np.array([float(v) for v in values if v is not None], dtype=np.float64)
+        a = a[np.isfinite(a)]
+        n = int(a.size)
+        out[c] = {
+            "n": n,
+            "mean": float(a.mean()) if n else None,
+            "std": float(a.std(ddof=1)) if n > 1 else None,
+            "min": float(a.min()) if n else None,
+            "median": float(np.median(a)) if n else None,
+            "q90": float(np.quantile(a, 0.9)) if n else None,
+            "max": float(a.max()) if n else None,
+        }
+    return out
+
+
+def _worst_key(op: str, bound: Any, value: Any) -> float | None:
+    """How bad ``value`` is for an assertion ``op bound`` (larger: worse), None when it is not a number."""
+    if not _is_number(value) or not math.isfinite(value):
+        return None
+    if op in ("<=", "<"):
+        return float(value)
+    if op in (">=", ">"):
+        return -float(value)
+    if op == "between" and isinstance(bound, (list, tuple)) and len(bound) == 2:
+        return max(float(value) - float(bound[1]), float(bound[0]) - float(value))
+    return abs(float(value))
+
+
+def _item_key(image: Any, roi: Any) -> tuple:
+    return str(image), tuple(_roi_list(roi) or ())
+
+
+def _metric_columns(sweep: Any, assertions: Sequence[dict], columns: list[str], items: list[dict]) -> None:
+    """Add to the table (in place) a column per metric an assertion used that ``Sweep.frame`` lacks, named by the
+    metric with its parameters (``metric_expression``, e.g. ``"context_share(beyond=7)"``): the assertion's
+    per-item ``values`` when it carries them, else, for a registered metric (:data:`cem_checks.checks.METRICS`),
+    the metric of each item's map; a metric that cannot be evaluated on the maps (e.g. an effect metric of a
+    support-stage sweep) adds no column."""
+    from .checks import METRICS
+    from .errors import CEMError
+
+    by_index = {int(it.index): k for k, it in enumerate(sweep.items)}
+    for a in assertions:
+        name, expr = a.get("metric"), a.get("metric_expression") or a.get("metric")
+        if name in columns or expr in columns or not isinstance(expr, str):
+            continue
+        values = a.get("values")
+        if not (isinstance(values, list) and len(values) == len(items)):
+            spec = METRICS.get(name) if isinstance(name, str) else None
+            if spec is None:
+                continue
+            try:
+                values = [float(spec.func(r, **dict(a.get("params") or {}))) for r in sweep.results]
+            except (CEMError, TypeError, ValueError):
+                continue
+        for row in items:
+            v = values[by_index[int(row["index"])]]
+            row[expr] = v if _is_number(v) and math.isfinite(v) else None
+        columns.append(expr)
+
+
+def sweep_record(sweep: Any, assertions: Sequence[dict] = (), max_image_px: int = DEFAULT_MAX_IMAGE_PX,
+                 worst_maps: int = SWEEP_WORST_MAPS) -> dict[str, Any]:
+    """A JSON-safe record of ``sweep`` (a ``cem_checks.sweeps.Sweep``, or one shard of it; see the module docstring)
+    with the ``assertions`` made over it (:func:`over_record` dicts) and the map summaries (:func:`result_summary`,
+    images of longest side <= ``max_image_px``) of the first ``worst_maps`` worst items of each assertion."""
+    columns, items = _frame_items(sweep)
+    _metric_columns(sweep, assertions, columns, items)
+    first = sweep.results[0] if len(sweep.results) else None
+    shard = sweep.shard
+    by_key = {_item_key(it.image, it.roi): k for k, it in enumerate(sweep.items)}
+    chosen: dict[int, dict[str, Any]] = {}
+    for a in assertions:
+        for w in (a.get("worst_items") or [])[:worst_maps]:
+            k = by_key.get(_item_key(w.get("image"), w.get("roi")))
+            if k is None:
+                continue
+            item = sweep.items[k]
+            entry = chosen.get(k)
+            if entry is None:
+                entry = chosen[k] = {"index": int(item.index), "image": str(item.image), "roi": _roi_list(item.roi),
+                                     "reasons": [], "map": result_summary(sweep.results[k], max_image_px)}
+            entry["reasons"].append({"assertion": a.get("name"), "metric": a.get("metric"),
+                                     "statistic": a.get("statistic"), "op": a.get("op"), "bound": a.get("bound"),
+                                     "value": w.get("value"),
+                                     "key": _worst_key(str(a.get("op")), a.get("bound"), w.get("value"))})
+    record = {
+        "kind": "sweep",
+        "stage": str(sweep.stage),
+        "model": sweep.settings.get("model") or getattr(first, "model", None),
+        "settings": dict(sweep.settings),
+        "shard": list(shard) if shard is not None else None,
+        "counts": dict(sweep.counts),
+        "n_items": len(items),
+        "columns": columns,
+        "items": items,
+        "aggregates": sweep_aggregates(columns, items),
+        "assertions": list(assertions),
+        "worst_maps": sorted(chosen.values(), key=lambda e: e["index"]),
+    }
+    return _json_safe(record)
+
+
+def sweep_scalars(record: dict[str, Any]) -> dict[str, Any]:
+    """A sweep record without its per-item table and maps: stage, model, settings, shard, counts, the number of
+    items, the aggregates, the verdicts and numbers of its assertions and the indices of its worst items. What the
+    plugin writes into junit-xml by default (a few KB whatever the number of items)."""
+    out = {k: record.get(k) for k in ("kind", "stage", "model", "settings", "shard", "merged_shards", "counts",
+                                      "n_items", "columns", "aggregates") if k in record}
+    keep = PROPERTY_SCALARS + ("statistic", "ci_low", "ci_high", "confidence", "n_items", "shard")
+    out["assertions"] = [{k: a[k] for k in keep if k in a} for a in record.get("assertions") or []]
+    out["worst_items"] = [w.get("index") for w in record.get("worst_maps") or []]
+    return out
+
+
+def _sweep_identity(record: dict) -> str:
+    """What the shards of one sweep share: stage, model, settings (but ``execution``: how each shard ran), columns
+    and the number of shards."""
+    shard = record.get("shard")
+    n = shard[1] if isinstance(shard, list) and len(shard) == 2 else None
+    settings = {k: v for k, v in (record.get("settings") or {}).items() if k != "execution"}
+    return json.dumps([record.get("stage"), record.get("model"), settings, record.get("columns"), n],
+                      sort_keys=True, default=str)
+
+
+def _sum_counts(counts: Sequence[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in counts:
+        for k, v in (c or {}).items():
+            if _is_number(v) and (k not in out or _is_number(out[k])):
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v)
+    return out
+
+
+def merge_sweeps(records: Sequence[dict], labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """The record of a whole sweep from the records of its shards (``shard`` ``[K, N]`` with one N, distinct K's,
+    and equal stage, model, settings and columns; :class:`CEMInputError` otherwise): the items concatenated in index
+    order, the aggregates recomputed (:func:`sweep_aggregates`: the same as an unsharded run's), the counts summed,
+    every shard's assertions kept (each says its ``shard``; ``source`` its document when ``labels`` are given), the
+    worst maps re-chosen among the shards' (the first :data:`SWEEP_WORST_MAPS` of each assertion by its worst
+    value), ``shard`` None, ``merged_shards`` the ``[K, N]`` merged (``merged_sources`` their labels) and
+    ``complete`` whether all N shards were given."""
+    records = list(records)
+    if not records:
+        raise CEMInputError("merge_sweeps needs at least one sweep record.")
+    shards = [r.get("shard") for r in records]
+    if not all(isinstance(s, list) and len(s) == 2 for s in shards):
+        raise CEMInputError(f"merge_sweeps merges the shards of one sweep; got shard={shards!r} (each must be [K, N]).")
+    ids = {_sweep_identity(r) for r in records}
+    ks = [s[0] for s in shards]
+    if len(ids) > 1 or len(set(ks)) != len(ks):
+        raise CEMInputError(
+            "merge_sweeps got records that are not distinct shards of one sweep (different stage, model, settings, "
+            f"columns or N, or a shard twice: shards {shards!r}); merge only the shards of one sweep.")
+    labels = list(labels) if labels is not None else [None] * len(records)
+    order = sorted(range(len(records)), key=lambda i: ks[i])
+    items = sorted((it for i in order for it in records[i].get("items") or []),
+                   key=lambda r: (r.get("index") is None, r.get("index")))
+    columns = list(records[0].get("columns") or [])
+    assertions = []
+    for i in order:
+        for a in records[i].get("assertions") or []:
+            assertions.append(dict(a, source=labels[i]) if labels[i] is not None else dict(a))
+    # the worst maps: per assertion (name, metric, statistic, op, bound), the first SWEEP_WORST_MAPS items by worst
+    # value among the shards' candidates (each shard's worst items of that assertion include the whole's)
+    candidates: dict[int, dict] = {}
+    for i in order:
+        for w in records[i].get("worst_maps") or []:
+            candidates.setdefault(w.get("index"), w)
+    groups: dict[str, list[tuple]] = {}
+    for idx, w in candidates.items():
+        for reason in w.get("reasons") or []:
+            key = json.dumps([reason.get(k) for k in ("assertion", "metric", "statistic", "op", "bound")], default=str)
+            groups.setdefault(key, []).append((reason.get("key"), idx, reason))
+    keep: dict[int, list] = {}
+    for group in groups.values():
+        group.sort(key=lambda t: (t[0] is not None, -(t[0] or 0.0), t[1]))  # undefined (NaN) values first
+        for _, idx, reason in group[:SWEEP_WORST_MAPS]:
+            keep.setdefault(idx, []).append(reason)
+    worst = [dict(candidates[idx], reasons=keep[idx]) for idx in sorted(keep, key=lambda v: (v is None, v))]
+    n = shards[0][1]
+    merged = {k: v for k, v in records[order[0]].items()}
+    merged.update({
+        "shard": None,
+        "merged_shards": [shards[i] for i in order],
+        "complete": sorted(ks) == list(range(n)),
+        "counts": {**_sum_counts([records[i].get("counts") or {} for i in order]), "shards": len(records)},
+        "n_items": len(items),
+        "items": items,
+        "aggregates": sweep_aggregates(columns, items),
+        "assertions": assertions,
+        "worst_maps": worst,
+    })
+    if any(lab is not None for lab in labels):
+        merged["merged_sources"] = [labels[i] for i in order]
+    return merged
+
+
 # ------------------------------------------------------------------------------------------ results documents
 def record_test(nodeid: str, *, outcome: str, duration_s: float = 0.0, maps: Sequence[dict] = (),
                 properties: Sequence[dict] = (), message: str | None = None,
-                teardown_error: str | None = None) -> dict[str, Any]:
+                teardown_error: str | None = None, sweeps: Sequence[dict] = ()) -> dict[str, Any]:
     """One entry of a document's ``tests``: ``outcome`` one of :data:`OUTCOMES`; ``maps`` are :func:`map_summary`
-    dicts, ``properties`` :func:`property_record` dicts; ``message`` (failure text or skip reason) and
+    dicts, ``properties`` :func:`property_record` (or :func:`over_record`) dicts, ``sweeps`` :func:`sweep_record`
+    dicts (the key is written only when there are some); ``message`` (failure text or skip reason) and
     ``teardown_error`` (the text of a failed teardown, which pytest counts as one more error) are kept when
     given."""
     if outcome not in OUTCOMES:
@@ -318,6 +630,8 @@ def record_test(nodeid: str, *, outcome: str, duration_s: float = 0.0, maps: Seq
         "maps": list(maps),
         "properties": list(properties),
     }
+    if sweeps:
+        entry["sweeps"] = list(sweeps)
     if message is not None:
         entry["message"] = str(message)
     if teardown_error is not None:
@@ -491,10 +805,60 @@ def _check_map(m: Any, where: str) -> None:
                 f"{where}: uncertainty.{k} is {describe_value(v)}; expected a number or null. {_REDO}")
 
 
+def _check_sweep(s: Any, where: str) -> None:
+    """:class:`ResultsFileError` unless the sweep record ``s`` holds what the report reads in the types it reads:
+    ``stage`` (map or support), ``settings`` / ``counts`` / ``aggregates`` objects, ``shard`` null or ``[K, N]``,
+    ``columns`` a list of strings, ``items`` a list of objects whose values are numbers, strings or null (lists for
+    a ROI), ``assertions`` a list of objects, ``worst_maps`` a list of objects each holding a map summary ``map``
+    (checked by :func:`_check_map`)."""
+    if not isinstance(s, dict):
+        raise ResultsFileError(f"{where} is {describe_value(s)}; expected a sweep record (a JSON object). {_REDO}")
+    if s.get("stage", "map") not in MAP_STAGES:
+        raise ResultsFileError(
+            f"{where}: stage is {describe_value(s.get('stage'))}; expected one of "
+            f"{', '.join(map(repr, MAP_STAGES))}. {_REDO}")
+    for key in ("settings", "counts", "aggregates"):
+        if s.get(key) is not None and not isinstance(s[key], dict):
+            raise ResultsFileError(f"{where}: {key} is {describe_value(s[key])}; expected a JSON object. {_REDO}")
+    for key in ("shard",):
+        v = s.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(_is(x, (int,)) for x in v)
+                                  and 0 <= v[0] < v[1]):
+            raise ResultsFileError(
+                f"{where}: {key} is {describe_value(v)}; expected [K, N] (shard K of N, 0 <= K < N) or null. {_REDO}")
+    columns = s.get("columns")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise ResultsFileError(f"{where}: columns is {describe_value(columns)}; expected a list of names. {_REDO}")
+    for key in ("items", "assertions", "worst_maps"):
+        rows = s.get(key)
+        if rows is None:
+            continue
+        if not isinstance(rows, list):
+            raise ResultsFileError(f"{where}: {key} is {describe_value(rows)}; expected a list. {_REDO}")
+        for k, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ResultsFileError(
+                    f"{where}: {key}[{k}] is {describe_value(row)}; expected a JSON object. {_REDO}")
+            if key == "items":
+                bad = next(((c, v) for c, v in row.items()
+                            if not (v is None or _is(v, (int, float, str, bool, list)))), None)
+                if bad is not None:
+                    raise ResultsFileError(
+                        f"{where}: items[{k}].{bad[0]} is {describe_value(bad[1])}; expected a number, a string or "
+                        f"null. {_REDO}")
+            elif key == "worst_maps":
+                _check_map(row.get("map"), f"{where}, worst map {k + 1}")
+    for col, stats in (s.get("aggregates") or {}).items():
+        if not isinstance(stats, dict) or not all(v is None or _is(v, (int, float)) for v in stats.values()):
+            raise ResultsFileError(
+                f"{where}: aggregates.{col} is {describe_value(stats)}; expected an object of numbers or null. "
+                f"{_REDO}")
+
+
 def check_document(document: Any, source: str = "the document") -> dict[str, Any]:
     """``document`` if it is a results document of this format version whose tests hold what the report reads
-    (maps and properties as lists of objects; each map checked by :func:`_check_map`: numeric grids of one shape,
-    numbers, objects); else :class:`ResultsFileError` naming ``source``, and for a bad map the test, the map, the
+    (maps, properties and sweeps as lists of objects; each map checked by :func:`_check_map`: numeric grids of one
+    shape, numbers, objects; each sweep by :func:`_check_sweep`); else :class:`ResultsFileError` naming ``source``, and for a bad map the test, the map, the
     field, the value and what is expected."""
     if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
@@ -517,7 +881,7 @@ def check_document(document: Any, source: str = "the document") -> dict[str, Any
                 f"{source}: {key} is {describe_value(document[key])}; expected a JSON object. {_REDO}")
     for t in tests:
         test = f"{source}: test {t['nodeid']!r}"
-        for key in ("maps", "properties"):
+        for key in ("maps", "properties", "sweeps"):
             items = t.get(key)
             if items is None:
                 continue
@@ -526,6 +890,8 @@ def check_document(document: Any, source: str = "the document") -> dict[str, Any
             for k, item in enumerate(items):
                 if key == "maps":
                     _check_map(item, f"{test}, map {k + 1}")
+                elif key == "sweeps":
+                    _check_sweep(item, f"{test}, sweep {k + 1}")
                 elif not isinstance(item, dict) or not isinstance(item.get("settings") or {}, dict):
                     raise ResultsFileError(
                         f"{test}: property {k + 1} is {describe_value(item)}; expected a property record (a JSON "
@@ -558,8 +924,46 @@ def _labels(sources: Sequence[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(s) for s in sources]
 
 
+def _merge_sweep_shards(tests: list[dict], original: list[str]) -> None:
+    """Merge, in place, the sweep records of ``tests`` (entries of a merged document; ``original``: their node ids
+    before labelling) that are shards of one sweep (see :func:`merge_documents`)."""
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for ti, t in enumerate(tests):
+        for k, rec in enumerate(t.get("sweeps") or []):
+            if isinstance(rec, dict) and rec.get("shard") is not None:
+                groups.setdefault((original[ti], k, _sweep_identity(rec)), []).append((ti, k))
+    drop: dict[int, set] = {}
+    for places in groups.values():
+        if len({ti for ti, _ in places}) < 2:
+            continue
+        records = [tests[ti]["sweeps"][k] for ti, k in places]
+        try:
+            merged = merge_sweeps(records, [str(tests[ti].get("source")) for ti, _ in places])
+        except CEMInputError:
+            continue  # not distinct shards (e.g. one shard's file given twice): kept apart, as they are
+        (first, k0), rest = places[0], places[1:]
+        tests[first] = dict(tests[first], sweeps=list(tests[first]["sweeps"]))
+        tests[first]["sweeps"][k0] = merged
+        for ti, k in rest:
+            drop.setdefault(ti, set()).add(k)
+            into = tests[ti].setdefault("merged_sweeps_into", [])
+            if tests[first]["nodeid"] not in into:
+                into.append(tests[first]["nodeid"])
+    for ti, ks in drop.items():
+        kept = [r for k, r in enumerate(tests[ti]["sweeps"]) if k not in ks]
+        if kept:
+            tests[ti]["sweeps"] = kept
+        else:
+            tests[ti].pop("sweeps")
+
+
 def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = None) -> dict[str, Any]:
     """One results document holding every test of ``documents`` (e.g. the shards of a CI matrix), in order.
+
+    The shards of a sweep (``--cem-shard K/N``: the same test, the same position among its sweeps, one N, distinct
+    K's, equal stage, model and settings) become one sweep record (:func:`merge_sweeps`: the whole sweep's table and
+    aggregates), kept in the first of those tests; the others lose that sweep and name that test in
+    ``merged_sweeps_into``.
 
     Each test keeps its maps and properties and gains ``source`` (the file name of its document, or the full
     ``sources`` entry when two names coincide). A node id present in more than one document is kept from each
@@ -587,7 +991,7 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
     for doc in documents:
         for nodeid in {str(t["nodeid"]) for t in doc["tests"]}:
             seen[nodeid] = seen.get(nodeid, 0) + 1
-    tests, merged_from, statuses = [], [], []
+    tests, merged_from, statuses, original = [], [], [], []
     for doc, label in zip(documents, labels):
         for t in doc["tests"]:
             entry = dict(t)
@@ -595,6 +999,7 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
             if seen[str(t["nodeid"])] > 1:
                 entry["nodeid"] = f"{t['nodeid']} [{label}]"
             tests.append(entry)
+            original.append(str(t["nodeid"]))
         summary = recount_summary(doc)["summary"]
         if summary["exitstatus"] is not None:
             statuses.append(summary["exitstatus"])
@@ -604,6 +1009,7 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
             "environment": doc.get("environment") or {},
             "summary": summary,
         })
+    _merge_sweep_shards(tests, original)
     out = results_document(
         tests,
         settings=documents[0].get("settings") or {},

@@ -3,6 +3,9 @@
 - ``cem``: ``cem(model, image, **engine_kwargs) -> LazyMap``: the map of :func:`cem_checks.compute_cem` with the
   test's settings (call keywords > marker > CLI > ini > default), computed stage by stage on first need
   (:mod:`cem_checks.lazy`), and recorded for the report with what ran;
+- ``cem_sweep``: ``cem_sweep(model, images, rois=..., **kwargs) -> Sweep``: :func:`cem_checks.sweeps.sweep` over
+  many (image, ROI) items with the same settings precedence as ``cem`` (``--cem-shard K/N`` computes shard K of N
+  of the items), recorded for the report with the assertions made over it (``check_over`` / ``assert_over``);
 - ``cem_settings``: the test's :class:`~pytest_cem.options.CEMSettings`;
 - ``cem_device``: the ``torch.device`` of the test (skips the test when that device is absent);
 - ``cem_patches``: the natural patch bank (``--cem-patches`` or the bundled one);
@@ -91,6 +94,86 @@ class CEMRunner:
         return result
 
 
+def _keywords(func: Any) -> tuple[str, ...]:
+    import inspect
+
+    return tuple(name for name, p in inspect.signature(func).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def sweep_keywords(stage: str | None = None) -> tuple[str, ...]:
+    """What ``cem_sweep(...)`` accepts: the keyword-only arguments of :func:`cem_checks.sweeps.sweep` (``task``,
+    ``rois``, ``stage``, ``shard``, ...) and those of the maps of ``stage`` (:func:`cem_checks.compute_cem` for
+    ``"map"``, :func:`cem_checks.compute_support` for ``"support"``, both for None), but ``roi``."""
+    from cem_checks import compute_cem, compute_support
+    from cem_checks.sweeps import sweep
+
+    maps = {"map": (compute_cem,), "support": (compute_support,)}.get(stage, (compute_cem, compute_support))
+    names = dict.fromkeys(_keywords(sweep) + tuple(n for f in maps for n in _keywords(f)))
+    names.pop("roi", None)
+    return tuple(names)
+
+
+class SweepRunner:
+    """``cem_sweep(model, images, rois=..., **kwargs)``: :func:`cem_checks.sweeps.sweep` with the test's settings
+    (call keywords > ``@pytest.mark.cem`` > ``--cem-*`` > ini > defaults, as ``cem``), returning the
+    :class:`cem_checks.sweeps.Sweep`. ``kwargs`` are the keyword arguments of ``sweep`` (``task``, ``stage``,
+    ``workers``, ``executor``, ``context_radius``, ...) and of ``compute_cem`` (``block_size``, ``mode``, ...), but
+    not ``roi``: a sweep's ROIs are ``rois`` (a marker's ``roi`` is left out). ``--cem-shard K/N`` (ini
+    ``cem_shard``) passes ``shard=(K, N)`` unless the call gives ``shard=``. Each sweep is recorded for the report
+    at the end of the test, with the assertions made over it (``check_over`` / ``assert_over``) and the maps of
+    their worst items. ``sweeps`` lists the sweeps of this test."""
+
+    def __init__(self, item: pytest.Item, settings: CEMSettings, device: Any):
+        self._item = item
+        self.settings = settings
+        self.device = device
+        self.sweeps: list = []
+
+    def __call__(self, model: Any, images: Any, rois: Any = None, **kwargs: Any):
+        from cem_checks.errors import SettingsError
+        from cem_checks.sweeps import sweep
+
+        if "roi" in kwargs:
+            raise SettingsError(
+                f"cem_sweep(...) got roi={kwargs['roi']!r}; a sweep takes rois=: a list of (x, y, size) used for every "
+                "image, or a callable image -> list, e.g. rois=cc.roi_grid((64, 64), 16) or "
+                "rois=lambda image: cc.roi_sample(image, 4, 16, texture='flat').")
+        allowed = set(sweep_keywords())
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise SettingsError(
+                f"cem_sweep(...) got unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; allowed: "
+                f"{', '.join(sorted(allowed))} (the keyword arguments of cem_checks.sweeps.sweep and, but roi, of "
+                "cem_checks.compute_cem and compute_support).")
+        # the settings' values that the stage's maps take (a marker's roi is cem(...)'s: a sweep's ROIs are rois=;
+        # mode, coarse, ... are no arguments of the support stage)
+        stage_keys = set(sweep_keywords(kwargs.get("stage", "map")))
+        kw = {k: v for k, v in self.settings.engine_kwargs().items() if k in stage_keys}
+        if "devices" not in kwargs:
+            kw["device"] = self.device
+        kw["progress"] = _progress_lines(self._item.config)
+        if self.settings.shard is not None:
+            kw["shard"] = tuple(self.settings.shard)
+        kw.update(kwargs)
+        if rois is not None:
+            kw["rois"] = rois
+        if kw.get("task") is None:
+            raise SettingsError(
+                "cem_sweep(...) needs task, and neither the call nor @pytest.mark.cem gave it; pass "
+                "cem_sweep(model, images, rois=..., task='dn50') or mark the test @pytest.mark.cem(task='dn50').")
+        if kw.get("rois") is None:
+            raise SettingsError(
+                "cem_sweep(...) needs rois: a list of (x, y, size) in output px used for every image, or a callable "
+                "image -> list; e.g. cem_sweep(model, images, rois=[(8, 8, 16), (40, 40, 16)]) or "
+                "rois=lambda image: cc.roi_sample(image, 4, 16, texture='flat').")
+        # the patch bank's source (None: the bundled bank, or a path) goes as it is: the sweep's settings describe it
+        result = sweep(model, images, **kw)
+        records_for(self._item).pending_sweeps.append((result, summary_image_px(self.settings, self._item.config)))
+        self.sweeps.append(result)
+        return result
+
+
 @pytest.fixture
 def cem_settings(request: pytest.FixtureRequest) -> CEMSettings:
     """The resolved settings of this test: ``@pytest.mark.cem`` > ``--cem-*`` > ini ``cem_*`` > defaults."""
@@ -137,6 +220,14 @@ def cem(request: pytest.FixtureRequest, cem_settings: CEMSettings, cem_device: A
     """``cem(model, image, roi=..., task=...) -> CEMResult``: a causal effect map with this test's settings,
     recorded (with every property checked during the test) for the report."""
     return CEMRunner(request.node, cem_settings, cem_device)
+
+
+@pytest.fixture
+def cem_sweep(request: pytest.FixtureRequest, cem_settings: CEMSettings, cem_device: Any) -> SweepRunner:
+    """``cem_sweep(model, images, rois=..., task=...) -> Sweep``: causal effect maps (or support stages) of every
+    (image, ROI) item with this test's settings (:func:`cem_checks.sweeps.sweep`; ``--cem-shard K/N`` computes shard
+    K of N), recorded with the assertions made over it (``check_over`` / ``assert_over``) for the report."""
+    return SweepRunner(request.node, cem_settings, cem_device)
 
 
 @pytest.fixture

@@ -104,6 +104,24 @@ def _image_px(value: Any, where: str) -> int:
     return value
 
 
+def _shard(value: Any, where: str) -> tuple[int, int]:
+    """``"K/N"`` (or a pair ``(K, N)``): shard K of N, counted from 0 (``0 <= K < N``)."""
+    pair = None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+        pair = (int(m.group(1)), int(m.group(2))) if m else None
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    if pair is None or pair[1] < 1 or not 0 <= pair[0] < pair[1]:
+        k_text = f" (K={pair[0]} is not below N={pair[1]})" if pair is not None and pair[1] >= 1 and pair[0] >= 0 else ""
+        raise _settings_error(
+            f"{where}={value!r} is not a shard{k_text}; expected K/N with N >= 1 and 0 <= K < N (shard K of N, counted "
+            f"from 0: the machines of a CI matrix of N jobs pass 0/N, 1/N, ..., (N-1)/N), e.g. {where}=0/2."
+        )
+    return pair
+
+
 def _flag(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -199,6 +217,9 @@ OPTIONS: tuple[Option, ...] = (
            _flag, False, flag=True),
     Option("junit_maps", "write each test's full map records (per-block grids, images) into --junitxml; by default "
            "only scalar summaries (support radius, counts, effect range, base PSNR, passes)", _flag, False, flag=True),
+    Option("shard", "compute only shard K of N (counted from 0) of the items of every cem_sweep, split "
+           "deterministically by item index; `cem report merge` joins the shards' --cem-json results into the whole "
+           "sweeps", _shard, None, metavar="K/N"),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -229,6 +250,7 @@ class CEMSettings:
     regen_all: bool
     trust_checkpoints: bool
     junit_maps: bool
+    shard: tuple[int, int] | None
     engine_extra: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
 
@@ -246,6 +268,8 @@ class CEMSettings:
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe dict (non-JSON values, e.g. a patch array given by the marker, as their repr)."""
         def safe(v: Any) -> Any:
+            if isinstance(v, tuple) and all(isinstance(x, (bool, int, float, str)) for x in v):
+                return list(v)  # e.g. the shard (K, N)
             return v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
 
         rec = {f.name: safe(getattr(self, f.name)) for f in fields(self) if f.name not in ("engine_extra", "sources")}

@@ -1,7 +1,8 @@
 """The pytest plugin, registered through the ``pytest11`` entry point ``cem``.
 
 Hooks: options and ini keys (from :data:`pytest_cem.options.OPTIONS`), the ``cem`` marker and its validation,
-collection of the property outcomes of each test, their transport to the controller (a report attribute) and into
+collection of the property outcomes of each test (and of the assertions over sweeps,
+``cem_checks.sweeps.collect_over_outcomes``), their transport to the controller (a report attribute) and into
 junit-xml (``user_properties``, scalar summaries unless ``--cem-junit-maps``), the map panels of each test as
 pytest-html extras when pytest-html writes a report (:mod:`pytest_cem.html_extras`), short
 failure reports of causal properties (frames inside cem_checks are hidden by its ``__tracebackhide__``), the report header and the session object (:mod:`pytest_cem.session`).
@@ -15,7 +16,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from .fixtures import cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches, cem_settings  # noqa: F401
+from .fixtures import (cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches,  # noqa: F401
+                       cem_settings, cem_sweep)
 from .options import OPTIONS, Sources, resolve_settings
 from .session import (BASE_SETTINGS_KEY, REPORT_ATTRIBUTE, SOURCES_KEY, CEMSession, check_output_paths, full_records,
                       html_report_path, records_for, settings_for)
@@ -123,11 +125,14 @@ def pytest_runtest_call(item: pytest.Item):
     written += [str(settings.json)] if settings.json is not None else []
     if written:
         hint = f"{checks.DEFAULT_MAP_HINT}; this test's maps and properties are written to {' and '.join(written)}"
-    with checks.collect_outcomes(map_hint=hint) as outcomes:
+    from cem_checks.sweeps import collect_over_outcomes
+
+    with checks.collect_outcomes(map_hint=hint) as outcomes, collect_over_outcomes() as over:
         try:
             return (yield)
         finally:
             records_for(item).add_outcomes(outcomes)
+            records_for(item).add_outcomes(over)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,8 +4,9 @@ Per-test data travels inside the test report, so pytest-xdist carries it to the 
 
 - the report attribute ``cem_records`` of the call phase's report (:data:`REPORT_ATTRIBUTE`; pytest serialises
   every attribute of a report for xdist): ``"<JSON>"`` of ``{"maps": [map summary, ...], "properties": [property
-  record, ...]}`` (see :mod:`cem_checks.records`): the full records, per-block grids and images included, when
-  ``--cem-report`` or ``--cem-json`` asks for them, else the scalar map summaries;
+  record, ...], "sweeps": [sweep record, ...]}`` (see :mod:`cem_checks.records`): the full records, per-block grids,
+  per-item tables and images included, when ``--cem-report`` or ``--cem-json`` asks for them, else the scalar map
+  summaries and sweep summaries (:func:`cem_checks.records.sweep_scalars`);
 - ``item.user_properties``, which junit-xml writes as properties of the test case:
   ``("cem", "<JSON>")`` with the scalar map summaries (:func:`cem_checks.records.scalar_summary`: stage, counts,
   support radius, effect range, base PSNR, forward passes, settings) and the verdicts and numbers of the
@@ -60,27 +61,73 @@ class ItemRecords:
     properties: list = field(default_factory=list)
     baseline_names: set = field(default_factory=set)
     pending: list = field(default_factory=list)  # (LazyMap, image cap): summarised at the end of the test
+    sweeps: list = field(default_factory=list)  # sweep records (cem_checks.records.sweep_record)
+    pending_sweeps: list = field(default_factory=list)  # (Sweep, image cap): recorded at the end of the test
+    sweep_assertions: dict = field(default_factory=dict)  # position in pending_sweeps -> [over record]
     attached: bool = False
 
     @property
     def empty(self) -> bool:
-        return not self.maps and not self.properties and not self.pending
+        return not self.maps and not self.properties and not self.pending and not self.sweeps and not self.pending_sweeps
 
     def flush(self) -> None:
         """Summarise the lazy maps of the test as far as they ran (a map, or its support stage alone); a map no
         assertion consulted ran nothing and is not recorded."""
-        from cem_checks.records import result_summary
+        from cem_checks.records import result_summary, sweep_record
 
         for handle, cap in self.pending:
             if handle.result is not None:
                 self.maps.append(self._relative(result_summary(handle.result, max_image_px=cap)))
         self.pending.clear()
+        for k, (sweep, cap) in enumerate(self.pending_sweeps):
+            record = sweep_record(sweep, self.sweep_assertions.get(k, ()), max_image_px=cap)
+            self.sweeps.append(self._relative(record))
+        self.pending_sweeps.clear()
+        self.sweep_assertions.clear()
 
     def add_outcomes(self, outcomes: list) -> None:
-        """Record the :class:`cem_checks.PropertyOutcome` s of the test."""
-        from cem_checks.records import property_record
+        """Record the outcomes of the test: each :class:`cem_checks.PropertyOutcome` as a property record, each
+        assertion over a sweep (``cem_checks.sweeps.OverOutcome``) as a property record too
+        (:func:`cem_checks.records.over_record`), also kept for the record of its sweep (:meth:`_sweep_of`)."""
+        from cem_checks.checks import PropertyOutcome
+        from cem_checks.records import over_record, property_record
 
-        self.properties.extend(self._relative(property_record(o)) for o in outcomes)
+        for o in outcomes:
+            if isinstance(o, PropertyOutcome) or not hasattr(o, "statistic"):
+                self.properties.append(self._relative(property_record(o)))
+                continue
+            k = self._sweep_of(o)
+            record = self._relative(over_record(o, sweep=k))
+            self.properties.append(record)
+            if k is not None:
+                self.sweep_assertions.setdefault(k, []).append(record)
+
+    def _sweep_of(self, outcome: Any) -> int | None:
+        """The position among this test's sweeps of the sweep an assertion ``outcome`` was made over: the latest
+        sweep whose settings (model and its weights' hash, task, map settings, items, shard) are the outcome's and
+        which holds every worst item the outcome lists (image, ROI) and as many items; None when none does (e.g.
+        an assertion over a sweep the test made without ``cem_sweep``)."""
+        from cem_checks.result import _json_safe
+
+        settings = getattr(outcome, "settings", None) or {}
+        worst = set()
+        for w in getattr(outcome, "worst", ()) or ():
+            try:
+                image, roi, _ = w
+                worst.add((str(image), tuple(int(v) for v in roi)))
+            except (TypeError, ValueError):
+                continue
+        n_items = getattr(outcome, "n_items", None)
+        for k in reversed(range(len(self.pending_sweeps))):
+            sweep = self.pending_sweeps[k][0]
+            own = {key: v for key, v in sweep.settings.items() if key not in ("images", "execution")}
+            own["shard"] = sweep.shard
+            if settings and _json_safe(own) != _json_safe(dict(settings)):
+                continue
+            items = {(str(it.image), tuple(int(v) for v in it.roi)) for it in sweep.items}
+            if worst <= items and (not isinstance(n_items, int) or n_items == len(items)):
+                return k
+        return None
 
     def _relative(self, record: dict) -> dict:
         from cem_checks.records import relative_paths
@@ -88,15 +135,17 @@ class ItemRecords:
         return relative_paths(record, self.root) if self.root else record
 
     def to_json(self, full: bool = True) -> str:
-        """``{"maps": [...], "properties": [...]}`` as JSON: the full records, or (``full=False``) the scalar map
-        summaries and property numbers (:func:`cem_checks.records.scalar_summary`, :func:`property_scalars`)."""
-        from cem_checks.records import property_scalars, scalar_summary
+        """``{"maps": [...], "properties": [...], "sweeps": [...]}`` as JSON: the full records, or (``full=False``)
+        the scalar map summaries, property numbers and sweep summaries without their tables and maps
+        (:func:`cem_checks.records.scalar_summary`, :func:`property_scalars`, :func:`sweep_scalars`)."""
+        from cem_checks.records import property_scalars, scalar_summary, sweep_scalars
 
         if full:
-            data = {"maps": self.maps, "properties": self.properties}
+            data = {"maps": self.maps, "properties": self.properties, "sweeps": self.sweeps}
         else:
             data = {"maps": [scalar_summary(m) for m in self.maps],
-                    "properties": [property_scalars(p) for p in self.properties]}
+                    "properties": [property_scalars(p) for p in self.properties],
+                    "sweeps": [sweep_scalars(s) for s in self.sweeps]}
         return json.dumps(data, sort_keys=True)
 
     def user_properties(self, full_maps: bool = False) -> list[tuple[str, str]]:
@@ -290,10 +339,11 @@ class CEMSession:
             "duration_s": float(report.duration),
             "maps": list(data.get("maps") or []),
             "properties": list(data.get("properties") or []),
+            "sweeps": list(data.get("sweeps") or []),
             "message": self._relative(_message(report)),
         }
         self.tests[report.nodeid] = entry
-        if data.get("maps") or data.get("properties") or "cem" in report.keywords:
+        if data.get("maps") or data.get("properties") or data.get("sweeps") or "cem" in report.keywords:
             self.cem_tests.add(report.nodeid)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -354,11 +404,15 @@ class CEMSession:
         n_failed = len(self.failed_properties())
         n_maps = sum(len(t["maps"]) for t in tests)
         n_support = sum(m.get("stage") == "support" for t in tests for m in t["maps"])
+        sweeps = [w for t in tests for w in t.get("sweeps") or ()]
+        n_items = sum(int(w.get("n_items") or 0) for w in sweeps)
         lines.append(
             f"{n_props} propert{'y' if n_props == 1 else 'ies'} checked in {len(tests)} test"
             f"{'' if len(tests) == 1 else 's'}: {n_props - n_failed} passed, {n_failed} failed; "
             f"{n_maps} map{'' if n_maps == 1 else 's'} computed"
             + (f" ({n_support} of them the support stage only)" if n_support else "")
+            + (f"; {len(sweeps)} sweep{'' if len(sweeps) == 1 else 's'} of {n_items} item"
+               f"{'' if n_items == 1 else 's'}" if sweeps else "")
         )
         fix = ("; pass a path in a writable folder. The session fails for it: exit code 4 (usage error) unless "
                "tests failed.")

@@ -1,4 +1,4 @@
-"""Sweeps (cem_checks.sweep): ROI helpers and texture classes, identity with separate maps, the frame's columns,
+"""Sweeps (cem_checks.sweeps): ROI helpers and texture classes, identity with separate maps, the frame's columns,
 images and ROIs in every accepted form, save/load, and the errors for bad images, ROIs, shards and arguments."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from nets import ConvStack, PixelShuffleSR
 from PIL import Image
 
 import cem_checks as cc
-from cem_checks.sweep import COLUMNS
+from cem_checks.sweeps import COLUMNS
 
 QUICK = dict(progress=False, device="cpu")
 MAP = dict(block_size=8, mode="paper", coarse=2, fine=2, seed=5, **QUICK)
@@ -105,10 +105,10 @@ def test_roi_sample_aligns_to_the_scale():
 
 
 # ---------------------------------------------------------------------------------- the sweep itself
-def test_cem_checks_sweep_is_the_module_and_the_function():
-    import cem_checks.sweep as module
+def test_cem_checks_sweep_is_the_function_of_the_sweeps_module():
+    import cem_checks.sweeps as module
 
-    assert cc.sweep is module and callable(cc.sweep)
+    assert cc.sweep is module.sweep and cc.sweeps is module
     assert "rois" in inspect.signature(cc.sweep).parameters
     assert {"Sweep", "SweepItem", "OverOutcome", "check_over", "roi_grid"} <= set(cc.__all__)
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import cem_checks as cc
-import cem_checks.sweep as S
+import cem_checks.sweeps as S
 from cem_checks.models import DnCNN
 
 TESTS = Path(__file__).resolve().parent

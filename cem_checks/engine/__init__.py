@@ -1,4 +1,5 @@
-"""The causal effect map engine: :func:`compute_cem` (a map) and :func:`compute_support` (its exact support alone).
+"""The causal effect map engine: :func:`compute_cem` (a map), :func:`compute_cem_many` (the maps of several ROIs of one
+image from shared forwards) and :func:`compute_support` (its exact support alone).
 
 Modules, one job each: :mod:`.options` (settings, phases), :mod:`.runner` (calling the model, model checks),
 :mod:`.draws` (draw synthesis, the chunk runner), :mod:`.support` (group testing), :mod:`.crop` (the verified
@@ -62,7 +63,9 @@ Implementation notes:
   model never sees a tensor the engine reuses (some real models modify their input in place).
 - Randomness: patch indices are drawn per phase from a generator derived from (seed, phase) (with common
   random numbers: from (seed, draw index)); the tasks' noise from a generator derived from (seed, phase,
-  chunk index) for each chunk of draws. So the map does not depend on ``batch_size`` and a resumed run
+  chunk index) for each chunk of draws. Paper mode's fine draws are a phase per block (``fine-block<i>``),
+  so they do not depend on which other blocks are flagged: the ROIs of one image can share them
+  (:func:`compute_cem_many`). So the map does not depend on ``batch_size`` and a resumed run
   replays the same draws. Same seed and batch
   size, same map (bit-identical on CPU); another batch size can only flip an 8-bit level of an ROI output
   through float reassociation in the model (a change of ~1e-4 dB in one draw).

@@ -24,8 +24,7 @@ and a rerun reads it back instead of computing it.
 Assertions over a sweep (:func:`check_over`, :func:`assert_over`) compare a statistic of a per-item metric (mean,
 max, min, median or a quantile) with a bound, with a percentile bootstrap interval over the items.
 
-``cem_checks.sweep`` is this module, and calling it calls :func:`sweep` (``cc.sweep(model, images, ...)``), since a
-package's submodule and a function of the same name cannot otherwise share the attribute.
+The package exports :func:`sweep` as ``cem_checks.sweep`` (``cc.sweep(model, images, ...)``).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import math
 import os
 import sys
 import time
-import types
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor, as_completed
@@ -1478,16 +1476,3 @@ def assert_over(sweep: Any, metric: str | Callable[..., float], *, at_most: floa
     if not outcome.passed:
         raise SweepPropertyError(outcome)
     return outcome
-
-
-# ------------------------------------------------------------------------------- the callable module
-class _CallableModule(types.ModuleType):
-    """``cem_checks.sweep`` is this module and, called, the function :func:`sweep`: the import system binds a
-    package's submodule to the package attribute of the same name, so the two could not otherwise share it."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Sweep:
-        return sweep(*args, **kwargs)
-
-
-__signature__ = inspect.signature(sweep)  # inspect.signature(cem_checks.sweep) is that of the function
-sys.modules[__name__].__class__ = _CallableModule
