@@ -794,7 +794,7 @@ class _Progress:
         elif progress is None:
             self.write = lambda line: print(line, file=sys.stderr, flush=True)
         elif callable(progress):
-            self.write, self.every = progress, 0.0
+            self.write = progress
 
     def update(self, n: int) -> None:
         self.done += n
@@ -802,7 +802,7 @@ class _Progress:
             self.bar.update(n)
         elif self.write is not None:
             now = time.monotonic()
-            if self.every == 0.0 or (now - self.t0 >= self.every and now - self.last >= self.every):
+            if now - self.t0 >= self.every and (now - self.last >= self.every or self.done >= self.total):
                 self.write(f"cem sweep: {self.done}/{self.total} items ({self.cached} cached), {now - self.t0:.0f} s")
                 self.last = now
 
@@ -936,8 +936,9 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
         context_radius: radius in input px of the frame's ``context_share_beyond`` column (the share of the
             absolute effect mass beyond it); None (default) leaves that column NaN.
         progress: the sweep's progress over items, counted as each image finishes: True a bar, False nothing,
-            None a bar on a terminal and log lines otherwise (after 10 s, at most every 10 s), or a function
-            receiving a line per finished image. The maps themselves run silently.
+            None a bar on a terminal and log lines otherwise, or a function receiving those log lines (as a map's
+            progress: after 10 s, at most every 10 s, and the last one when the sweep has run that long). The
+            maps themselves run silently.
         **compute_cem_kwargs: the keyword arguments of every map (:func:`~cem_checks.compute_cem` for stage
             ``"map"``: ``block_size``, ``mode``, ``seed``, ``coarse``, ``fine``, ``device``, ...;
             :func:`~cem_checks.compute_support` for ``"support"``: ``draws``, ``within``, ``max_tests``, ...).

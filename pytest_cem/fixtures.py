@@ -48,7 +48,17 @@ def _progress_lines(config: pytest.Config):
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.get_verbosity() < 0 or hasattr(config, "workerinput"):
         return False
-    return reporter.write_line
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        return reporter.write_line
+
+    def write(line: str) -> None:
+        # during the test pytest captures its output (at the file-descriptor level by default): suspend that, as
+        # pytest's own live logging does, so the line reaches the terminal or the CI log, not the test's capture
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+    return write
 
 
 class CEMRunner:

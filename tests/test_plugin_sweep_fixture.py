@@ -132,3 +132,15 @@ def test_sweeps_travel_to_the_xdist_controller(pytester):
     (sweep,) = test["sweeps"]
     assert sweep["shard"] == [1, 2] and [r["index"] for r in sweep["items"]] == [1, 3]
     assert [a["name"] for a in sweep["assertions"]] == ["local_reach", "rarely_hurt"] and sweep["worst_maps"]
+
+
+def test_sweep_progress_reaches_the_terminal_past_the_capture(pytester):
+    # a subprocess, as a real run: the lines must get past pytest's file-descriptor capture of the test
+    make_sweep_suite(pytester)
+    pytester.makeconftest(  # a line per finished image (by default at most one every 10 s)
+        "import pytest\nimport cem_checks.progress as p\n\n\n@pytest.fixture(autouse=True)\n"
+        "def every_line(monkeypatch):\n    monkeypatch.setattr(p, 'LOG_EVERY_S', 0.0)\n")
+    out = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider").stdout.str()
+    assert "cem sweep: 2/4 items (0 cached)" in out and "cem sweep: 4/4 items (0 cached)" in out, out
+    quiet = pytester.runpytest_subprocess("-q", "-p", "no:randomly", "-p", "no:cacheprovider").stdout.str()
+    assert "cem sweep:" not in quiet

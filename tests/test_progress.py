@@ -70,10 +70,12 @@ def test_pytest_prints_the_stages_and_is_quiet_under_q(pytester):
     pytester.makeconftest(
         "import pytest\nimport cem_checks.progress as p\n\n\n@pytest.fixture(autouse=True)\n"
         "def every_line(monkeypatch):\n    monkeypatch.setattr(p, 'LOG_EVERY_S', 0.0)\n")
-    out = pytester.runpytest("-p", "no:cacheprovider").stdout.str()
+    # in a subprocess, as in a real run: pytest captures the test's output at the file-descriptor level, and the
+    # progress lines must get past that capture to reach the terminal (or the CI log)
+    out = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly").stdout.str()
     for stage in ("support", "coarse", "fine"):
         assert f"cem: ConvStack dn25 ROI (8, 8, 8): {stage} " in out, out
-    quiet = pytester.runpytest("-q", "-p", "no:cacheprovider").stdout.str()
+    quiet = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "no:randomly").stdout.str()
     assert "cem: ConvStack" not in quiet
 
 

@@ -331,3 +331,17 @@ def test_a_model_error_names_the_image_and_roi():
 def test_a_plain_callable_needs_a_cache_key_for_cache_dir(tmp_path):
     with pytest.raises(cc.CEMInputError, match="pass cache_key="):
         cc.sweep(lambda x: x, [_noise(0)], cache_dir=tmp_path, **GOOD)
+
+
+def test_progress_lines_follow_the_rule_of_a_maps_lines(monkeypatch):
+    import cem_checks.progress as progress
+    import cem_checks.sweeps as S
+
+    lines: list[str] = []
+    bar = S._Progress(lines.append, 4, 0)
+    bar.update(2), bar.update(2)
+    assert lines == []  # a sweep shorter than 10 s stays silent
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    bar = S._Progress(lines.append, 4, 1)
+    bar.update(2), bar.update(1)
+    assert lines[0].startswith("cem sweep: 3/4 items (1 cached), ") and lines[1].startswith("cem sweep: 4/4 items")
