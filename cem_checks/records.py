@@ -343,8 +343,7 @@ def over_record(outcome: Any, *, sweep: int | None = None) -> dict[str, Any]:
     ``"quantile:0.9 of effective_radius_px over 12 items"``), ``measured`` (the statistic), ``measured_text``
     (with the interval), ``bound_text``, ``worst_blocks`` (none), ``worst_items`` (``{"image", "roi": [x, y,
     size], "value"}``, worst first), ``metric_expression`` (the metric with its parameters, e.g.
-    ``"context_share(beyond=7)"``), ``values`` (the metric per item, in item order, when the outcome carries
-    them), ``sweep`` (its position among the test's sweeps, None when unknown) and ``shard`` (the sweep's ``[K, N]``
+    ``"context_share(beyond=7)"``), ``values`` (the metric per item, in item order), ``sweep`` (its position among the test's sweeps, None when unknown) and ``shard`` (the sweep's ``[K, N]``
     or None)."""
     rec = dict(outcome.to_record())
     unit = str(rec.get("unit") or "")
@@ -360,9 +359,7 @@ def over_record(outcome: Any, *, sweep: int | None = None) -> dict[str, Any]:
     settings = dict(rec.get("settings") or {})
     shard = settings.get("shard")
     decided = "its interval" if rec.get("decision") == "interval" else "the statistic itself"
-    values = getattr(outcome, "values", None)
-    if values is not None:
-        rec["values"] = [float(v) for v in values]
+    rec["values"] = [float(v) for v in getattr(outcome, "values", ()) or ()]
     rec.update({
         "kind": "sweep",
         "metric_expression": outcome.expression,

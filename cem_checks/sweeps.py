@@ -1173,7 +1173,8 @@ class OverOutcome:
     when ``ci_high <= bound``, ``at_least`` when ``ci_low >= bound``) or ``"point"`` (``value`` itself).
     ``worst`` lists up to 5 ``(image, roi, value)`` items that drive a failure (NaN first, then the farthest on
     the wrong side of the bound); ``n_outside`` counts the items whose own value is on the wrong side (or NaN).
-    ``unit``: as in :data:`COLUMNS` (``"px"``, ``"dB"``, ``"share"``, ...).
+    ``unit``: as in :data:`COLUMNS` (``"px"``, ``"dB"``, ``"share"``, ...). ``values``: the metric of every item,
+    in item order (NaN where undefined), what the report draws as the metric's distribution.
     """
 
     name: str
@@ -1197,6 +1198,7 @@ class OverOutcome:
     n_outside: int = 0
     settings: dict = field(default_factory=dict)
     note: str = ""
+    values: tuple = ()
 
     @property
     def expression(self) -> str:
@@ -1252,7 +1254,8 @@ class OverOutcome:
             "unit": self.unit, "passed": self.passed, "decision": self.decision,
             "worst": [{"image": img, "roi": list(roi), "value": v} for img, roi, v in self.worst],
             "n_items": self.n_items, "n_nan": self.n_nan, "n_outside": self.n_outside, "confidence": self.confidence, "n_boot": self.n_boot,
-            "seed": self.seed, "settings": self.settings, "note": self.note, "message": self.message(),
+            "seed": self.seed, "settings": self.settings, "note": self.note, "values": list(self.values),
+            "message": self.message(),
         })
 
 
@@ -1439,7 +1442,7 @@ def _over(sweep_or_frame: Any, metric: Any, at_most: Any, at_least: Any, statist
         op=op, bound=bound, passed=bool(passed), worst=worst, n_items=n, confidence=confidence, params=dict(params),
         unit=unit, decision=decision, n_boot=n_boot, seed=seed, n_nan=int(nan.sum()), n_outside=n_outside,
         settings=_json_safe(settings),
-        note=note,
+        note=note, values=tuple(float(v) for v in values),
     )
     for out in _COLLECTORS.get():
         out.append(outcome)

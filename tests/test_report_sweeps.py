@@ -171,20 +171,22 @@ def far_mass_db(result, beyond: float) -> float:
 
 
 def test_metrics_outside_the_frame_become_columns(sweeps):
-    """A registered metric with parameters gets a column of its values per item (and its histogram); a callable
-    gets one when its outcome carries the values, else the report says it has none."""
+    """A registered metric with parameters and a callable metric each get a column of their values per item (and
+    a histogram); an assertion whose record lacks the values (a results file of an older version) gets a note."""
     s = sweeps["full"]
     with _collect() as out:
         cc.check_over(s, "context_share", beyond=2, at_most=0.5)
         cc.check_over(s, far_mass_db, beyond=2, at_most=1.0)
     rec = R.sweep_record(s, [R.over_record(o) for o in out], max_image_px=0)
-    assert rec["columns"][-1] == "context_share(beyond=2)"
+    assert rec["columns"][-2:] == ["context_share(beyond=2)", "far_mass_db(beyond=2)"]
     assert [r["context_share(beyond=2)"] for r in rec["items"]] == [cc.context_share(r, beyond=2) for r in s.results]
-    assert rec["aggregates"]["context_share(beyond=2)"]["n"] == 4
+    assert [r["far_mass_db(beyond=2)"] for r in rec["items"]] == [far_mass_db(r, beyond=2) for r in s.results]
+    assert rec["aggregates"]["context_share(beyond=2)"]["n"] == rec["aggregates"]["far_mass_db(beyond=2)"]["n"] == 4
     html = render_report(_doc(rec))
-    assert 'data-metric="context_share(beyond=2)"' in html and 'data-column="context_share(beyond=2)"' in html
-    callable_values = getattr(out[1], "values", None)
-    if callable_values is None:
-        assert "no per-item values of far_mass_db(beyond=2) in the records" in html
-    else:
-        assert 'data-metric="far_mass_db(beyond=2)"' in html
+    for metric in ("context_share(beyond=2)", "far_mass_db(beyond=2)"):
+        assert f'data-metric="{metric}"' in html and f'data-column="{metric}"' in html
+    # a record without the per-item values of its callable metric
+    old = [R.over_record(o) for o in out]
+    old[1].pop("values")
+    html = render_report(_doc(R.sweep_record(s, old, max_image_px=0)))
+    assert "no per-item values of far_mass_db(beyond=2) in the records" in html

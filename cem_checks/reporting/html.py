@@ -809,8 +809,8 @@ def _sweep_view(rec: dict, index: int, anchor: str) -> dict:
         "settings": settings,
         "counts": counts,
         "histograms": histograms,
-        "outside_note": (f"no per-item values of {', '.join(outside)} in the records (a callable metric whose "
-                         "outcome does not carry them): its worst items are listed with the assertion"
+        "outside_note": (f"no per-item values of {', '.join(outside)} in the records (written by a version that did "
+                         "not record them): its worst items are listed with the assertion"
                          if outside else ""),
         "assertions": [_over_view(a) for a in assertions],
         "header": header,
