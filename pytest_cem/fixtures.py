@@ -181,6 +181,11 @@ class SweepRunner:
         result = sweep(model, images, **kw)
         records_for(self._item).pending_sweeps.append((result, summary_image_px(self.settings, self._item.config)))
         self.sweeps.append(result)
+        if not len(result) and result.shard is not None:
+            # more shards than items: this shard has nothing to assert over (recorded, so a merge is complete)
+            k, n = result.shard
+            pytest.skip(f"shard {k}/{n} of this sweep holds none of its {result.settings.get('n_items')} items (items "
+                        f"go to shard index % {n}); the other shards compute them")
         return result
 
 

@@ -114,3 +114,25 @@ def test_one_shard_twice_is_not_merged(pytester):
                      "-o", str(pytester.path / "m.json")]) == 0
     doc = json.loads((pytester.path / "m.json").read_text())
     assert [[s["shard"] for s in t["sweeps"]] for t in doc["tests"]] == [[[1, 2]], [[1, 2]]]
+
+
+def test_a_shard_without_items_skips_and_still_completes_the_merge(pytester):
+    # 4 items over 6 shards: shards 4/6 and 5/6 hold none; their tests skip saying why, and their (empty) sweeps
+    # are recorded, so the merge of the 6 files is complete and equals the unsharded run
+    make_sweep_suite(pytester)
+    files = []
+    for k in range(6):
+        result = pytester.runpytest("--cem-shard", f"{k}/6", "--cem-json", f"s{k}.json", "-rs")
+        if k < 4:
+            result.assert_outcomes(passed=1)
+        else:
+            result.assert_outcomes(skipped=1)
+            result.stdout.fnmatch_lines([f"*shard {k}/6 of this sweep holds none of its 4 items*"])
+        files.append(str(pytester.path / f"s{k}.json"))
+    pytester.runpytest("--cem-json", "full.json").assert_outcomes(passed=1)
+    assert cem_main(["report", "merge", *files, "-o", str(pytester.path / "merged.json")]) == 0
+    doc = json.loads((pytester.path / "merged.json").read_text())
+    (merged,) = [s for t in doc["tests"] for s in t.get("sweeps") or []]
+    _, full = _sweep(pytester.path / "full.json")
+    assert merged["complete"] is True and len(merged["merged_shards"]) == 6
+    assert _table(merged) == _table(full) and merged["aggregates"] == full["aggregates"]
