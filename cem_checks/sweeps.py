@@ -17,7 +17,9 @@ those of separate calls with the same seed.
 Scale-out runs on existing engines: :func:`run_image` (the work of one image) is submitted per image to any
 :class:`concurrent.futures.Executor` (a Dask ``distributed`` client's ``get_executor()``, Ray's, a process pool);
 ``workers=`` / ``devices=`` make a local spawn-context process pool. ``shard=(K, N)`` keeps the items whose
-index is K modulo N (one CI machine each); :meth:`Sweep.merge` joins the shards. ``cache_dir`` makes a sweep
+index is K modulo N (one CI machine each), or with ``shard_by="image"`` every item of the images whose position is
+K modulo N (the ROIs of an image stay together and keep sharing their forwards); :meth:`Sweep.merge` joins the
+shards. ``cache_dir`` makes a sweep
 resumable after a kill: each finished item is written atomically as ``<cache_dir>/sweep-<key>/item-<index>.npz``
 and a rerun reads it back instead of computing it.
 
@@ -71,6 +73,8 @@ SWEEP_FORMAT_VERSION = 1
 #: Version of what a sweep's cache key covers; bump when the item files change meaning.
 SWEEP_CACHE_VERSION = 1
 STAGES = ("map", "support")
+#: How ``shard=(K, N)`` splits a sweep: item by item, or image by image.
+SHARD_BY = ("item", "image")
 TEXTURES = ("any", "flat", "textured")
 #: ITU-R BT.601 luma weights of R, G, B (those of Pillow's "L" conversion).
 LUMA = (0.299, 0.587, 0.114)
@@ -510,7 +514,8 @@ class Sweep:
             missing = sorted(set(range(int(n_items))) - set(pairs))
             if missing:
                 shards = ""
-                if ns:
+                by_image = any((s.settings.get("execution") or {}).get("shard_by") == "image" for s in parts)
+                if ns and not by_image:
                     n = next(iter(ns))
                     absent = sorted({i % n for i in missing})
                     shards = f" (shard{'s' if len(absent) > 1 else ''} {', '.join(f'{a}/{n}' for a in absent)})"
@@ -901,6 +906,7 @@ def _run(model: Any, todo: dict[str, list], by_name: dict, stage: str, call_kwar
 # ------------------------------------------------------------------------------------------- sweep()
 def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", workers: int | None = None,
           devices: Any = None, executor: Executor | None = None, shard: tuple[int, int] | None = None,
+          shard_by: str = "item",
           cache_dir: str | os.PathLike | None = None, context_radius: float | None = None, progress: Any = None,
           **compute_cem_kwargs: Any) -> Sweep:
     """Causal effect maps (or their support stage alone) of every ROI of every image, and their table.
@@ -927,6 +933,9 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
             Without workers, devices or executor the maps run in this process, one after the other.
         shard: ``(K, N)``: only the items whose index is K modulo N (:attr:`Sweep.shard`); merge the shards
             with :meth:`Sweep.merge`.
+        shard_by: ``"item"`` (default: items split one by one, index % N == K, the most even split) or
+            ``"image"`` (whole images, position in ``images`` % N == K: every ROI of an image on one shard, so the
+            ROIs keep sharing their forwards; uneven when images hold different numbers of ROIs).
         cache_dir: resumable sweeps: each finished item is written atomically to
             ``<cache_dir>/sweep-<key>/item-<index>.npz`` (``key``: a hash of the model's weights (or
             ``cache_key`` for a plain callable), the task, stage, map settings, patch bank, device type and every
@@ -963,6 +972,9 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
         raise CEMInputError(f"model {describe_value(model)} is not callable; pass an nn.Module or a function mapping a "
                             "(B, 3, h, w) float tensor in [0, 1] to (B, 3, H, W).")
     shard = None if shard is None else _validate_shard(shard)
+    if shard_by not in SHARD_BY:
+        raise CEMInputError(f"shard_by={shard_by!r} is not one of {', '.join(map(repr, SHARD_BY))}: 'item' splits the "
+                            "items one by one (index % N == K), 'image' keeps every ROI of an image on one shard.")
     _validate_progress(progress)
     if context_radius is not None:
         from .metrics import validate_radius
@@ -1003,7 +1015,9 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
             raise ImageError(f"image {name!r}: {exc}") from None
     items_all, image_hashes = _make_items(loaded, rois, task_obj, block)
     by_name = dict(loaded)
-    selected = [it for it in items_all if shard is None or it[0] % shard[1] == shard[0]]
+    position = {name: k for k, (name, _) in enumerate(loaded)}
+    selected = [it for it in items_all
+                if shard is None or (it[0] if shard_by == "item" else position[it[1]]) % shard[1] == shard[0]]
 
     # ------------------------------------------------------------------------ settings and cache key
     model_id = None
@@ -1022,7 +1036,8 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
         items_key=items_key, images=[name for name, _ in loaded],
         execution=_json_safe({"device": _settings_value("device", full.get("device")), "workers": n_workers,
                               "devices": device_list, "threads": kwargs.get("threads"),
-                              "executor": None if executor is None else type(executor).__name__}),
+                              "executor": None if executor is None else type(executor).__name__,
+                              "shard_by": shard_by}),
     )
     folder = None
     if cache_dir is not None:

@@ -165,6 +165,7 @@ class SweepRunner:
         kw["progress"] = _progress_lines(self._item.config)
         if self.settings.shard is not None:
             kw["shard"] = tuple(self.settings.shard)
+            kw["shard_by"] = self.settings.shard_by
         kw.update(kwargs)
         if rois is not None:
             kw["rois"] = rois

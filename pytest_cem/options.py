@@ -220,6 +220,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("shard", "compute only shard K of N (counted from 0) of the items of every cem_sweep, split "
            "deterministically by item index; `cem report merge` joins the shards' --cem-json results into the whole "
            "sweeps", _shard, None, metavar="K/N"),
+    Option("shard_by", "how --cem-shard splits a sweep: item (one by one, index mod N == K) or image (every ROI of an "
+           "image on one shard, so they keep sharing their forwards)", _choice("item", "image"), "item",
+           metavar="item|image"),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -251,6 +254,7 @@ class CEMSettings:
     trust_checkpoints: bool
     junit_maps: bool
     shard: tuple[int, int] | None
+    shard_by: str
     engine_extra: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
 

@@ -136,3 +136,23 @@ def test_a_shard_without_items_skips_and_still_completes_the_merge(pytester):
     _, full = _sweep(pytester.path / "full.json")
     assert merged["complete"] is True and len(merged["merged_shards"]) == 6
     assert _table(merged) == _table(full) and merged["aggregates"] == full["aggregates"]
+
+
+def test_shard_by_image_keeps_the_rois_of_an_image_on_one_machine(pytester):
+    make_sweep_suite(pytester)
+    for k in range(2):
+        pytester.runpytest("--cem-shard", f"{k}/2", "--cem-shard-by", "image", "--cem-json", f"s{k}.json"
+                           ).assert_outcomes(passed=1)
+    parts = [_sweep(pytester.path / f"s{k}.json")[1] for k in range(2)]
+    assert [[(r["index"], r["image"]) for r in p["items"]] for p in parts] == [
+        [(0, "left"), (1, "left")], [(2, "right"), (3, "right")]]
+    assert all(p["settings"]["execution"]["shard_by"] == "image" for p in parts)
+    pytester.runpytest("--cem-json", "full.json").assert_outcomes(passed=1)
+    assert cem_main(["report", "merge", str(pytester.path / "s0.json"), str(pytester.path / "s1.json"),
+                     "-o", str(pytester.path / "merged.json")]) == 0
+    (merged,) = [s for t in json.loads((pytester.path / "merged.json").read_text())["tests"] for s in t.get("sweeps") or []]
+    _, full = _sweep(pytester.path / "full.json")
+    assert merged["complete"] is True and _table(merged) == _table(full) and merged["aggregates"] == full["aggregates"]
+    bad = pytester.runpytest("--cem-shard-by", "images")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--cem-shard-by='images' is not available; expected one of 'item', 'image'" in bad.stderr.str()

@@ -84,6 +84,26 @@ def test_shards_merge_into_the_unsharded_sweep(whole, tmp_path):
         assert (a.value, a.ci_low, a.ci_high, a.worst) == (b.value, b.ci_low, b.ci_high, b.worst)
 
 
+def test_shards_by_image_keep_the_rois_of_an_image_together_and_their_shared_forwards(whole):
+    # paper mode: the 2 ROIs of an image share their forwards; split by item, each shard pays for both images
+    by_image = [cc.sweep(_model(), IMAGES, rois=ROIS, context_radius=4, shard=(k, 2), shard_by="image", **MAP)
+                for k in range(2)]
+    assert [[(i.index, i.image) for i in s.items] for s in by_image] == [[(0, "a"), (1, "a")], [(2, "b"), (3, "b")]]
+    merged = cc.Sweep.merge(by_image)
+    _same_maps(merged, whole)
+    assert merged.frame.drop(columns=["wall_s"]).equals(whole.frame.drop(columns=["wall_s"]))
+    by_item = [cc.sweep(_model(), IMAGES, rois=ROIS, context_radius=4, shard=(k, 2), **MAP) for k in range(2)]
+    ran = lambda shards: sum(s.counts["forward_passes"] for s in shards)  # noqa: E731
+    assert ran(by_image) == whole.counts["forward_passes"] < ran(by_item)
+    assert all(s.counts["forward_passes_saved"] > 0 for s in by_image)
+    assert all(s.counts["forward_passes_saved"] == 0 for s in by_item)
+    # mixing the two splits is caught: an item in two shards
+    with pytest.raises(cc.CEMInputError, match="is in sweeps\\[1\\] and in an earlier sweep"):
+        cc.Sweep.merge([by_image[0], by_item[0]])
+    with pytest.raises(cc.CEMInputError, match="shard_by='images' is not one of 'item', 'image'"):
+        cc.sweep(_model(), IMAGES, rois=ROIS, shard=(0, 2), shard_by="images", **MAP)
+
+
 def test_an_empty_shard_is_an_empty_sweep():
     s = cc.sweep(_model(), IMAGES, rois=ROIS, shard=(5, 6), **MAP)
     assert len(s) == 0 and s.counts["items"] == 0 and list(s.frame.columns) == list(S.COLUMNS)
