@@ -36,6 +36,15 @@ def natural32() -> np.ndarray:
     return (img[:, 180:212, 200:232].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+@pytest.fixture
+def natural32_png(tmp_path, natural32) -> Path:
+    """:func:`natural32` written as ``<tmp_path>/img.png``."""
+    from PIL import Image
+
+    Image.fromarray(natural32).save(tmp_path / "img.png")
+    return tmp_path / "img.png"
+
+
 @pytest.fixture(scope="session")
 def planted_map(natural32):
     """``(result, far, d)``: the paper-mode map of ``PlantedNonLocal`` (the 4x4 ROI at (4, 4) copies the block

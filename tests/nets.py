@@ -144,3 +144,19 @@ def jacobian_support(model: nn.Module, x: torch.Tensor, roi, scale: int, block: 
     (out[:, :, ry : ry + s, rx : rx + s] * w).sum().backward()
     dep = (x.grad[0].abs().sum(0) > 0).float()
     return F.max_pool2d(dep[None, None], block)[0, 0] > 0
+
+
+#: The source of a module defining ``TinyNet`` (one 3x3 conv), for tests that write it to a folder of their own and
+#: pickle a whole ``TinyNet`` whose class is importable only from there.
+TINY_NET_SOURCE = """\
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+"""

@@ -12,31 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cem_checks.cli import main
-from nets import ConvStack
+from nets import TINY_NET_SOURCE, ConvStack
 
 EXE = Path(sys.executable).with_name("cem")
 RUN = ["--task", "dn25", "--roi", "8,8,8", "--block-size", "4", "--device", "cpu"]
-NETS_MODULE = """\
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-"""
 
 
 @pytest.fixture
-def image(tmp_path, natural32):
-    Image.fromarray(natural32).save(tmp_path / "img.png")
-    return tmp_path / "img.png"
+def image(natural32_png):
+    return natural32_png
 
 
 @pytest.fixture
@@ -45,7 +31,7 @@ def whole_module(tmp_path, monkeypatch) -> Path:
     module is importable only from ``models``."""
     folder = tmp_path / "models"
     folder.mkdir()
-    (folder / "tinynets_cli.py").write_text(NETS_MODULE)
+    (folder / "tinynets_cli.py").write_text(TINY_NET_SOURCE)
     monkeypatch.syspath_prepend(str(folder))
     import tinynets_cli
 

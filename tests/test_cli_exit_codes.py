@@ -9,33 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import cem_checks
 from cem_checks.cli import EXIT_CODES, in_flag_terms, main
-from nets import ConvStack
+from nets import TINY_NET_SOURCE, ConvStack
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 MAP_ARGS = ["--task", "dn25", "--roi", "8,8,8", "--block-size", "4", "--device", "cpu"]
-NETS_MODULE = """\
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-"""
 
 
 @pytest.fixture
-def image(tmp_path, natural32) -> str:
-    Image.fromarray(natural32).save(tmp_path / "img.png")
-    return str(tmp_path / "img.png")
+def image(natural32_png):
+    return natural32_png
 
 
 @pytest.fixture
@@ -50,7 +36,7 @@ def whole_module(tmp_path, monkeypatch, request) -> Path:
     sys.path for the test."""
     folder = tmp_path / "models"
     folder.mkdir()
-    (folder / "tinynets_exit.py").write_text(NETS_MODULE)
+    (folder / "tinynets_exit.py").write_text(TINY_NET_SOURCE)
     monkeypatch.syspath_prepend(str(folder))
     request.addfinalizer(lambda: sys.modules.pop("tinynets_exit", None))
     import tinynets_exit
