@@ -51,6 +51,16 @@ class ImageConversionWarning(CEMWarning):
     """The image was converted in a way that changes what a viewer would see (e.g. translucent alpha)."""
 
 
+def validate_int(name: str, value: object, low: int) -> int:
+    """``value`` as an int when it is an integer (Python or numpy, not a bool) >= ``low``; else
+    :class:`CEMInputError` naming ``name`` and the value."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
+        raise CEMInputError(f"{name}={value!r} must be an integer >= {low}.")
+    return int(value)
+
+
 def describe_value(value: object, limit: int = 80) -> str:
     """A short, single-line description of ``value`` for error messages."""
     text = repr(value)

@@ -802,6 +802,23 @@ def _check_map(m: Any, where: str) -> None:
                 f"{where}: uncertainty.{k} is {describe_value(v)}; expected a number or null. {_REDO}")
 
 
+def _list_field(record: dict, key: str, where: str) -> list:
+    """``record[key]``: a list, or [] when absent or null; else :class:`ResultsFileError`."""
+    rows = record.get(key)
+    if rows is None:
+        return []
+    if not isinstance(rows, list):
+        raise ResultsFileError(f"{where}: {key} is {describe_value(rows)}; expected a list. {_REDO}")
+    return rows
+
+
+def _check_object_fields(record: dict, keys: Sequence[str], where: str) -> None:
+    """:class:`ResultsFileError` unless each of ``keys`` of ``record`` is absent, null or a JSON object."""
+    for key in keys:
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise ResultsFileError(f"{where}: {key} is {describe_value(record[key])}; expected a JSON object. {_REDO}")
+
+
 def _check_sweep(s: Any, where: str) -> None:
     """:class:`ResultsFileError` unless the sweep record ``s`` holds what the report reads in the types it reads:
     ``stage`` (map or support), ``settings`` / ``counts`` / ``aggregates`` objects, ``shard`` null or ``[K, N]``,
@@ -814,25 +831,17 @@ def _check_sweep(s: Any, where: str) -> None:
         raise ResultsFileError(
             f"{where}: stage is {describe_value(s.get('stage'))}; expected one of "
             f"{', '.join(map(repr, MAP_STAGES))}. {_REDO}")
-    for key in ("settings", "counts", "aggregates"):
-        if s.get(key) is not None and not isinstance(s[key], dict):
-            raise ResultsFileError(f"{where}: {key} is {describe_value(s[key])}; expected a JSON object. {_REDO}")
-    for key in ("shard",):
-        v = s.get(key)
-        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(_is(x, (int,)) for x in v)
-                                  and 0 <= v[0] < v[1]):
-            raise ResultsFileError(
-                f"{where}: {key} is {describe_value(v)}; expected [K, N] (shard K of N, 0 <= K < N) or null. {_REDO}")
+    _check_object_fields(s, ("settings", "counts", "aggregates"), where)
+    v = s.get("shard")
+    if v is not None and not (isinstance(v, list) and len(v) == 2 and all(_is(x, (int,)) for x in v)
+                              and 0 <= v[0] < v[1]):
+        raise ResultsFileError(
+            f"{where}: shard is {describe_value(v)}; expected [K, N] (shard K of N, 0 <= K < N) or null. {_REDO}")
     columns = s.get("columns")
     if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise ResultsFileError(f"{where}: columns is {describe_value(columns)}; expected a list of names. {_REDO}")
     for key in ("items", "assertions", "worst_maps"):
-        rows = s.get(key)
-        if rows is None:
-            continue
-        if not isinstance(rows, list):
-            raise ResultsFileError(f"{where}: {key} is {describe_value(rows)}; expected a list. {_REDO}")
-        for k, row in enumerate(rows):
+        for k, row in enumerate(_list_field(s, key, where)):
             if not isinstance(row, dict):
                 raise ResultsFileError(
                     f"{where}: {key}[{k}] is {describe_value(row)}; expected a JSON object. {_REDO}")
@@ -855,8 +864,8 @@ def _check_sweep(s: Any, where: str) -> None:
 def check_document(document: Any, source: str = "the document") -> dict[str, Any]:
     """``document`` if it is a results document of this format version whose tests hold what the report reads
     (maps, properties and sweeps as lists of objects; each map checked by :func:`_check_map`: numeric grids of one
-    shape, numbers, objects; each sweep by :func:`_check_sweep`); else :class:`ResultsFileError` naming ``source``, and for a bad map the test, the map, the
-    field, the value and what is expected."""
+    shape, numbers, objects; each sweep by :func:`_check_sweep`); else :class:`ResultsFileError` naming ``source``,
+    and for a bad map the test, the map, the field, the value and what is expected."""
     if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise ResultsFileError(
@@ -872,19 +881,11 @@ def check_document(document: Any, source: str = "the document") -> dict[str, Any
     tests = document.get("tests")
     if not isinstance(tests, list) or not all(isinstance(t, dict) and "nodeid" in t for t in tests):
         raise ResultsFileError(f"{source} has no valid 'tests' list (each entry a dict with a 'nodeid').")
-    for key in ("settings", "environment", "summary"):
-        if document.get(key) is not None and not isinstance(document[key], dict):
-            raise ResultsFileError(
-                f"{source}: {key} is {describe_value(document[key])}; expected a JSON object. {_REDO}")
+    _check_object_fields(document, ("settings", "environment", "summary"), source)
     for t in tests:
         test = f"{source}: test {t['nodeid']!r}"
         for key in ("maps", "properties", "sweeps"):
-            items = t.get(key)
-            if items is None:
-                continue
-            if not isinstance(items, list):
-                raise ResultsFileError(f"{test}: {key} is {describe_value(items)}; expected a list. {_REDO}")
-            for k, item in enumerate(items):
+            for k, item in enumerate(_list_field(t, key, test)):
                 if key == "maps":
                     _check_map(item, f"{test}, map {k + 1}")
                 elif key == "sweeps":

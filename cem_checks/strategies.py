@@ -35,7 +35,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from .errors import CEMInputError
+from .errors import CEMInputError, validate_int
 from .grid import ROI
 from .patches import bundled_images
 from .tasks import Denoising, Deraining, SuperResolution
@@ -68,18 +68,12 @@ __all__ = [
 ]
 
 
-def _positive_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
-        raise CEMInputError(f"{name}={value!r} must be an integer >= {low}.")
-    return int(value)
-
-
 def _hw(name: str, value: Any) -> tuple[int, int]:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        v = _positive_int(name, value)
+        v = validate_int(name, value, 1)
         return v, v
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        return _positive_int(f"{name}[0]", value[0]), _positive_int(f"{name}[1]", value[1])
+        return validate_int(f"{name}[0]", value[0], 1), validate_int(f"{name}[1]", value[1], 1)
     raise CEMInputError(f"{name}={value!r} must be an integer or a (height, width) pair of integers (px).")
 
 
@@ -92,16 +86,16 @@ def rois(output_shape: Sequence[int], size: int | tuple[int, int] | None = None,
     Shrinks towards the smallest ROI at the top-left corner.
     """
     H, W = _hw("output_shape", tuple(output_shape) if isinstance(output_shape, (tuple, list)) else output_shape)
-    scale = _positive_int("scale", scale)
+    scale = validate_int("scale", scale, 1)
     if H < scale or W < scale:
         raise CEMInputError(f"output_shape=({H}, {W}) is smaller than one input pixel at scale {scale}.")
     top = min(H, W)
     if size is None:
         lo, hi = scale, top
     elif isinstance(size, (tuple, list)) and len(size) == 2:
-        lo, hi = _positive_int("size[0]", size[0]), _positive_int("size[1]", size[1])
+        lo, hi = validate_int("size[0]", size[0], 1), validate_int("size[1]", size[1], 1)
     else:
-        lo = hi = _positive_int("size", size)
+        lo = hi = validate_int("size", size, 1)
     k_lo, k_hi = -(-lo // scale), min(hi, top) // scale
     if k_lo > k_hi:
         raise CEMInputError(
@@ -122,13 +116,13 @@ def rois(output_shape: Sequence[int], size: int | tuple[int, int] | None = None,
 def block_sizes(min_size: int = 1, max_size: int = 8, *, divides: int | None = None) -> st.SearchStrategy:
     """Block sides in input px in ``[min_size, max_size]``; with ``divides=n`` only divisors of ``n`` (blocks
     that tile an ``n``-px side exactly, so the engine trims nothing). Shrinks towards ``min_size``."""
-    lo = _positive_int("min_size", min_size)
-    hi = _positive_int("max_size", max_size)
+    lo = validate_int("min_size", min_size, 1)
+    hi = validate_int("max_size", max_size, 1)
     if lo > hi:
         raise CEMInputError(f"min_size={lo} is above max_size={hi}; give min_size <= max_size.")
     if divides is None:
         return st.integers(lo, hi)
-    n = _positive_int("divides", divides)
+    n = validate_int("divides", divides, 1)
     options = [b for b in range(lo, hi + 1) if n % b == 0]
     if not options:
         raise CEMInputError(f"no block size in [{lo}, {hi}] divides {n}; widen the range or change divides.")
@@ -226,7 +220,7 @@ def tasks(kinds: Sequence[str] = TASK_KINDS, *, scales: Sequence[int] = (2, 4),
     if "sr" in kinds:
         if not scales:
             raise CEMInputError("scales=() is empty; give at least one integer scale >= 1, e.g. (2, 4).")
-        options.append(st.sampled_from([SuperResolution(_positive_int("scale", s)) for s in scales]))
+        options.append(st.sampled_from([SuperResolution(validate_int("scale", s, 1)) for s in scales]))
     if "dn" in kinds:
         if not sigmas:
             raise CEMInputError("sigmas=() is empty; give at least one noise level on the 0-255 scale, e.g. (25,).")

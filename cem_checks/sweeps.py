@@ -50,7 +50,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ._io import atomic_write_text
-from .errors import CacheWarning, CEMError, CEMInputError, DeviceError, ImageError, ROIError, describe_value
+from .errors import (CacheWarning, CEMError, CEMInputError, DeviceError, ImageError, ROIError, describe_value,
+                     validate_int)
 
 __all__ = [
     "COLUMNS",
@@ -111,12 +112,6 @@ _EXECUTION = ("progress", "threads", "cache_dir", "cache_key", "device")
 
 
 # ------------------------------------------------------------------------------------------- ROIs
-def _positive_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
-        raise CEMInputError(f"{name}={value!r} must be an integer >= {low}.")
-    return int(value)
-
-
 def _shape_hw(shape: Any) -> tuple[int, int]:
     if not (isinstance(shape, (tuple, list)) and len(shape) == 2
             and all(not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1 for v in shape)):
@@ -136,8 +131,8 @@ def roi_grid(shape: tuple[int, int], size: int, step: int | None = None) -> list
     exceeds the image.
     """
     H, W = _shape_hw(shape)
-    size = _positive_int("size", size)
-    step = size if step is None else _positive_int("step", step)
+    size = validate_int("size", size, 1)
+    step = size if step is None else validate_int("step", step, 1)
     if size > H or size > W:
         raise ROIError(f"size={size} px does not fit in the {W}x{H} (width x height) image; choose size <= {min(H, W)}.")
     return [(x, y, size) for y in range(0, H - size + 1, step) for x in range(0, W - size + 1, step)]
@@ -213,16 +208,16 @@ def roi_sample(image: Any, n: int, size: int, seed: int = 0, texture: str = "any
     ``image``: anything :func:`~cem_checks.load_image` reads, e.g. the clean (3, H, W) tensor a sweep passes to
     a ``rois`` callable: ``rois=lambda img: cc.roi_sample(img, 8, 16, seed=0, texture="flat")``.
     """
-    n = _positive_int("n", n)
-    size = _positive_int("size", size)
-    scale = _positive_int("scale", scale)
-    seed = _positive_int("seed", seed, 0)
+    n = validate_int("n", n, 1)
+    size = validate_int("size", size, 1)
+    scale = validate_int("scale", scale, 1)
+    seed = validate_int("seed", seed, 0)
     if texture not in TEXTURES:
         raise CEMInputError(f"texture={texture!r} is not one of {', '.join(map(repr, TEXTURES))}; pick one of them.")
     if size % scale:
         raise ROIError(f"size={size} px is not a multiple of scale={scale}; ROIs must cover whole input pixels: use "
                        f"size={max(scale, size - size % scale)}.")
-    step = max(1, size // 2) if step is None else _positive_int("step", step)
+    step = max(1, size // 2) if step is None else validate_int("step", step, 1)
     step = max(scale, step - step % scale)
     luma = _luma(image)
     grid = roi_grid(luma.shape, size, step)
@@ -409,12 +404,15 @@ class Sweep:
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe dict: format, stage, shard, settings, counts, items and the frame's rows (not the maps)."""
-        return _json_safe({
-            "format": SWEEP_FORMAT, "format_version": SWEEP_FORMAT_VERSION, "stage": self.stage,
-            "shard": None if self.shard is None else list(self.shard), "settings": self.settings,
-            "counts": self.counts, "items": [i.to_record() for i in self.items],
-            "frame": self.frame.to_dict(orient="records"),
-        })
+        return _json_safe({**self._document([i.to_record() for i in self.items]),
+                           "frame": self.frame.to_dict(orient="records")})
+
+    def _document(self, items: list[dict]) -> dict[str, Any]:
+        """What ``sweep.json`` and :meth:`to_record` hold besides the maps: format, stage, shard, settings, counts
+        and ``items`` (the records given)."""
+        return {"format": SWEEP_FORMAT, "format_version": SWEEP_FORMAT_VERSION, "stage": self.stage,
+                "shard": None if self.shard is None else list(self.shard), "settings": self.settings,
+                "counts": self.counts, "items": items}
 
     # ------------------------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
@@ -434,10 +432,7 @@ class Sweep:
             name = f"item-{item.index}.npz"
             r.save(folder / name)
             records.append({**item.to_record(), "file": name})
-        doc = {"format": SWEEP_FORMAT, "format_version": SWEEP_FORMAT_VERSION, "stage": self.stage,
-               "shard": None if self.shard is None else list(self.shard), "settings": self.settings,
-               "counts": self.counts, "items": records}
-        atomic_write_text(folder / "sweep.json", json.dumps(_json_safe(doc), indent=1, sort_keys=True))
+        atomic_write_text(folder / "sweep.json", json.dumps(_json_safe(self._document(records)), indent=1, sort_keys=True))
         return folder
 
     @classmethod
@@ -612,7 +607,7 @@ def _call_signature(stage: str) -> dict[str, Any]:
 def _validate_kwargs(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of every map, validated; raises before any forward pass."""
     from .engine.job import validate_within
-    from .engine.options import validate_common, validate_int, validate_map_settings
+    from .engine.options import validate_common, validate_map_settings
 
     accepted = _call_signature(stage)
     unknown = sorted(set(kwargs) - set(accepted))
@@ -668,13 +663,6 @@ def _key_value(key: str, value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return digest(value)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # platforms without affinity
-        return os.cpu_count() or 1
 
 
 def _resolve_devices(devices: Any) -> list[str]:
@@ -994,7 +982,7 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
         raise CEMInputError(f"executor={describe_value(executor)} has no submit(); pass a concurrent.futures.Executor "
                             "(e.g. ProcessPoolExecutor(), or distributed.Client(...).get_executor()).")
     if workers is not None:
-        workers = _positive_int("workers", workers)
+        workers = validate_int("workers", workers, 1)
     device_list = None
     if devices is not None:
         if "device" in kwargs:
@@ -1004,7 +992,9 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
     pooled = workers is not None or device_list is not None
     n_workers = workers if workers is not None else (len(device_list) if device_list else None)
     if pooled and kwargs.get("threads") is None:
-        kwargs["threads"] = max(1, _cores() // n_workers)
+        from .engine.runner import usable_cores
+
+        kwargs["threads"] = max(1, usable_cores() // n_workers)
 
     # ------------------------------------------------------------------------ images and items
     loaded = []
@@ -1405,8 +1395,8 @@ def _over(sweep_or_frame: Any, metric: Any, at_most: Any, at_least: Any, statist
           seed: Any, decision: Any, name: Any, params: dict) -> OverOutcome:
     label, f = _statistic(statistic)
     confidence = _number("confidence", confidence, 0.0, 1.0, open_ends=True)
-    n_boot = _positive_int("n_boot", n_boot)
-    seed = _positive_int("seed", seed, 0)
+    n_boot = validate_int("n_boot", n_boot, 1)
+    seed = validate_int("seed", seed, 0)
     if decision not in ("interval", "point"):
         raise CEMInputError(f"decision={decision!r} is not 'interval' (compare the bootstrap interval's far end with "
                             "the bound: conservative) or 'point' (compare the statistic itself).")

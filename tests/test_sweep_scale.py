@@ -21,6 +21,7 @@ import torch
 import cem_checks as cc
 import cem_checks.sweeps as S
 from cem_checks.models import DnCNN
+from cem_checks.engine.runner import usable_cores
 
 TESTS = Path(__file__).resolve().parent
 QUICK = dict(progress=False, device="cpu")
@@ -225,7 +226,7 @@ def test_the_sweep_cache_is_keyed_and_corrupted_items_are_recomputed(tmp_path):
 @pytest.mark.slow
 def test_a_local_process_pool_gives_the_in_process_maps(whole):
     pooled = cc.sweep(_model(), IMAGES, rois=ROIS, context_radius=4, workers=2, **MAP)
-    threads = max(1, S._cores() // 2)
+    threads = max(1, usable_cores() // 2)
     assert pooled.settings["execution"]["workers"] == 2 and pooled.settings["execution"]["threads"] == threads
     reference = cc.sweep(_model(), IMAGES, rois=ROIS, context_radius=4, threads=threads, **MAP)
     _same_maps(pooled, reference)

@@ -7,10 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..constants import MODES, PRECISIONS  # shared with the plugin and the CLI (torch-free)
-from ..errors import CEMInputError, describe_value
+from ..errors import CEMInputError, describe_value, validate_int
 
 #: PSNR is capped here (an ROI reproduced exactly would otherwise give +inf dB).
 MAX_PSNR_DB = 100.0
@@ -90,12 +88,6 @@ def derive_seed(seed: int, *stream: Any) -> int:
     """A 63-bit seed derived from ``seed`` and the names of a stream (phase, chunk, purpose)."""
     digest = hashlib.sha256(":".join(map(str, (seed,) + stream)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def validate_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
-        raise CEMInputError(f"{name}={value!r} must be an integer >= {low}.")
-    return int(value)
 
 
 def validate_common(*, seed: Any, batch_size: Any, progress: Any, precision: Any, threads: Any = None) -> int:

@@ -15,7 +15,7 @@ import torch
 from ..errors import CEMError, CEMInputError, ModelError, NondeterministicModelWarning, OutputRangeWarning, describe_value
 from .options import CHUNK, CPU_BATCH
 
-__all__ = ["ModelRunner", "auto_batch_size", "torch_threads", "xdist_threads", "validate_model", "validate_output_range", "is_oom", "model_name"]
+__all__ = ["ModelRunner", "auto_batch_size", "torch_threads", "usable_cores", "xdist_threads", "validate_model", "validate_output_range", "is_oom", "model_name"]
 
 
 def model_name(model: Any) -> str:
@@ -248,6 +248,14 @@ def validate_model(runner: "ModelRunner", x: torch.Tensor, cache, batched: bool)
     return True
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity set where the platform has one, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without affinity
+        return os.cpu_count() or 1
+
+
 def xdist_threads() -> int | None:
     """The intra-op threads of a pytest-xdist worker: ``max(1, cores // workers)`` (cores: the CPUs this process
     may run on), or None outside xdist. Workers that each took every core would oversubscribe them; many small
@@ -255,11 +263,7 @@ def xdist_threads() -> int | None:
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not os.environ.get("PYTEST_XDIST_WORKER") or not workers or not workers.isdigit() or int(workers) < 1:
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # platforms without affinity
-        cores = os.cpu_count() or 1
-    return max(1, cores // int(workers))
+    return max(1, usable_cores() // int(workers))
 
 
 @contextmanager

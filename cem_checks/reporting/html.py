@@ -75,6 +75,11 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _finite(v: Any) -> bool:
+    """``v`` is a finite number (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _num(v: Any, fmt: str = "{:.3g}", unit: str = "") -> str:
     if v is None:
         return "n/a"
@@ -288,7 +293,7 @@ def _colorbar_view(bound: Any, vmin: Any, vmax: Any, width: int) -> dict:
     b = float(bound)
     ticks = []
     for name, v in (("min", vmin), ("max", vmax)):
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        if _finite(v):
             ticks.append(f"{name} {v:+.3g} dB")
     clipped = [v for v in (vmin, vmax) if isinstance(v, (int, float)) and math.isfinite(v) and abs(v) > b]
     return {
@@ -585,10 +590,6 @@ SWEEP_COLUMN_LABELS = {
 }
 #: The metric whose distribution a sweep without an assertion on a column of its table shows, by stage.
 SWEEP_DEFAULT_METRIC = {"map": "context_share_beyond", "support": "support_radius_px"}
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def histogram_chart(values: Any, *, metric: str, bounds: Any = (), marks: Any = (),
