@@ -162,11 +162,8 @@ class Engine:
                         cache.put(f"{phase}-local", ci, *cached, what=what_local)
                     else:
                         exact[i0:i1] = True
-            else:
-                cached = cache.get(str(phase), ci, i1 - i0, what)
             if cached is None:
-                cached = self._run_chunk(frame, phase, ci, *pairs, i1 - i0, batch=batch)
-                cache.put(str(phase), ci, *cached, what=what)
+                (cached,) = self._cached_chunk([frame], [cache], phase, ci, pairs, i1 - i0, what, batch=batch)
             drops[i0:i1], changed[i0:i1] = cached
             self.progress.update(i1 - i0)
         return drops, changed, exact
@@ -195,9 +192,18 @@ class Engine:
         x[items[:, None, None, None], self._chans, rows[:, None, :, None], cols[:, None, None, :]] = content
         return x
 
-    def _run_chunk(self, frame: Frame, phase: Phase, ci: int, items, blocks, patches, n: int, batch: int | None = None):
-        drops, changed = self._run_chunk_frames([frame], phase, ci, items, blocks, patches, n, batch=batch)
-        return drops[0], changed[0]
+    def _cached_chunk(self, frames: list[Frame], caches: list[ChunkCache], phase: Phase, ci: int, pairs: tuple,
+                      n: int, what: str, batch: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Chunk ``ci``'s (drops, changes) for every frame: read from each frame's cache; when any cache lacks it,
+        the chunk runs once (every frame scored on its forwards) and is written to the caches that lacked it."""
+        got = [c.get(str(phase), ci, n, what) for c in caches]
+        if any(g is None for g in got):
+            drops, changed = self._run_chunk_frames(frames, phase, ci, *pairs, n, batch=batch)
+            for k, c in enumerate(caches):
+                if got[k] is None:
+                    c.put(str(phase), ci, drops[k], changed[k], what=what)
+            got = list(zip(drops, changed))
+        return got
 
     def _run_chunk_frames(self, frames: list[Frame], phase: Phase, ci: int, items, blocks, patches, n: int,
                           batch: int | None = None):
@@ -251,13 +257,7 @@ class Engine:
             p0, p1 = starts[ci], starts[ci + 1]
             pairs = (item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1])
             what = digest(*pairs, box) if any(c.enabled for c in caches) else ""
-            got = [c.get(str(phase), ci, i1 - i0, what) for c in caches]
-            if any(g is None for g in got):
-                d, ch = self._run_chunk_frames(frames, phase, ci, *pairs, i1 - i0)
-                for k, c in enumerate(caches):
-                    if got[k] is None:
-                        c.put(str(phase), ci, d[k], ch[k], what=what)
-                got = list(zip(d, ch))
+            got = self._cached_chunk(frames, caches, phase, ci, pairs, i1 - i0, what)
             for k, (d, ch) in enumerate(got):
                 drops[k, i0:i1], changed[k, i0:i1] = d, ch
             self.progress.update(i1 - i0)

@@ -413,10 +413,11 @@ def map_many(jobs: list[Job], on_result: Callable[[int, CEMResult], None] | None
             out.append(j.map())
             emit(k, out[-1])
         return out
-    out = _paper_many(jobs) if lead.mode == "paper" else _fast_many(jobs, emit)
-    if lead.mode == "paper":
-        for k, r in enumerate(out):
-            emit(k, r)
+    if lead.mode != "paper":
+        return _fast_many(jobs, emit)
+    out = _paper_many(jobs)  # read from shared forwards: the maps are done together
+    for k, r in enumerate(out):
+        emit(k, r)
     return out
 
 

@@ -80,8 +80,8 @@ class LocalDraws:
         return out, changed
 
     def run_chunk(self, frame, phase, ci, items, blocks, patches, n):
-        """(drops, changes) like :meth:`Engine._run_chunk`, or None to take the normal path; a change as
-        :meth:`roi_outputs` decides it."""
+        """(drops, changes) of one frame like :meth:`Engine._run_chunk_frames`, or None to take the normal path; a
+        change as :meth:`roi_outputs` decides it."""
         if frame is not self.frame or len(blocks) != n or not np.array_equal(items, np.arange(n)):
             return None
         content, top, left = self.eng.chunk_content(phase, ci, blocks, patches)

@@ -39,8 +39,8 @@ def paper_estimates_shared(eng: Engine, frames: list[Frame], caches: list[ChunkC
     eng.shared_frames = list(frames)
     try:
         eng.progress.stage("coarse", nb * coarse)
-        c_drops, c_changed = eng.run_frames(frames, caches, COARSE, np.arange(nb * coarse),
-                                            np.repeat(all_blocks, coarse), eng.patch_ids(COARSE, (nb * coarse,)),
+        c_drops, c_changed = eng.run_frames(frames, caches, COARSE,
+                                            *eng.single_block_pairs(COARSE, all_blocks, coarse, crn=False),
                                             nb * coarse)
         c_drops = c_drops.reshape(F, nb, coarse)
         c_changed = c_changed.reshape(F, nb, coarse)
@@ -55,7 +55,7 @@ def paper_estimates_shared(eng: Engine, frames: list[Frame], caches: list[ChunkC
             ks = np.flatnonzero(flagged[:, b])
             phase = fine_phase(b)
             f_drops, f_changed = eng.run_frames([frames[k] for k in ks], [caches[k] for k in ks], phase,
-                                                np.arange(fine), np.full(fine, b), eng.patch_ids(phase, (fine,)), fine)
+                                                *eng.single_block_pairs(phase, np.array([b]), fine, crn=False), fine)
             samples[ks, b] = np.nan
             samples[ks, b, :fine] = f_drops
             counts[ks, b] = fine
