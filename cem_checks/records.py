@@ -40,9 +40,9 @@ property record (:func:`property_record`) is :meth:`PropertyOutcome.to_record` p
 A sweep record (:func:`sweep_record`, ``cem_checks.sweeps``: one map, or support stage, per (image, ROI) item)
 holds the sweep's stage, model, ``settings``, ``shard`` (``[K, N]`` or null), ``counts`` (forward passes, wall
 time, ...), the per-item table as ``columns`` and ``items`` (one JSON object per row of ``Sweep.frame``, in item
-index order, NaN as null; plus a column per metric an assertion used that the frame lacks, see
-:func:`_metric_columns`), ``aggregates`` (per metric column: n, mean, std, min, median, q90, max over the items;
-:func:`sweep_aggregates`), the ``assertions`` made over it (:func:`over_record`, also listed among the test's
+index order, NaN as null; plus a column per metric an assertion used that the frame lacks, from the assertion's
+per-item values, see :func:`_metric_columns`), ``aggregates`` (per metric column: n, mean, std, min, median, q90,
+max over the items; :func:`sweep_aggregates`), the ``assertions`` made over it (:func:`over_record`, also listed among the test's
 ``properties``) and ``worst_maps``: the map summaries (:func:`result_summary`) of the worst few items of each
 assertion (:data:`SWEEP_WORST_MAPS`), each with the assertions that chose it. :func:`merge_sweeps` joins the
 records of the shards of one sweep (``--cem-shard K/N``) into the record of the whole, with the same table and
@@ -441,13 +441,8 @@ def _item_key(image: Any, roi: Any) -> tuple:
 
 def _metric_columns(sweep: Any, assertions: Sequence[dict], columns: list[str], items: list[dict]) -> None:
     """Add to the table (in place) a column per metric an assertion used that ``Sweep.frame`` lacks, named by the
-    metric with its parameters (``metric_expression``, e.g. ``"context_share(beyond=7)"``): the assertion's
-    per-item ``values`` when it carries them, else, for a registered metric (:data:`cem_checks.checks.METRICS`),
-    the metric of each item's map; a metric that cannot be evaluated on the maps (e.g. an effect metric of a
-    support-stage sweep) adds no column."""
-    from .checks import METRICS
-    from .errors import CEMError
-
+    metric with its parameters (``metric_expression``, e.g. ``"context_share(beyond=7)"``), from the assertion's
+    per-item ``values`` (:func:`over_record`); an assertion without one value per item adds no column."""
     by_index = {int(it.index): k for k, it in enumerate(sweep.items)}
     for a in assertions:
         name, expr = a.get("metric"), a.get("metric_expression") or a.get("metric")
@@ -455,13 +450,7 @@ def _metric_columns(sweep: Any, assertions: Sequence[dict], columns: list[str], 
             continue
         values = a.get("values")
         if not (isinstance(values, list) and len(values) == len(items)):
-            spec = METRICS.get(name) if isinstance(name, str) else None
-            if spec is None:
-                continue
-            try:
-                values = [float(spec.func(r, **dict(a.get("params") or {}))) for r in sweep.results]
-            except (CEMError, TypeError, ValueError):
-                continue
+            continue
         for row in items:
             v = values[by_index[int(row["index"])]]
             row[expr] = v if _is_number(v) and math.isfinite(v) else None

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from .options import CEMSettings, engine_keywords
+from .options import CEMSettings, engine_keywords, keyword_only
 from .session import BASELINE_OWNERS_KEY, PATCH_CACHE_KEY, records_for, settings_for, summary_image_px
 
 
@@ -104,13 +104,6 @@ class CEMRunner:
         return result
 
 
-def _keywords(func: Any) -> tuple[str, ...]:
-    import inspect
-
-    return tuple(name for name, p in inspect.signature(func).parameters.items()
-                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
 def sweep_keywords(stage: str | None = None) -> tuple[str, ...]:
     """What ``cem_sweep(...)`` accepts: the keyword-only arguments of :func:`cem_checks.sweeps.sweep` (``task``,
     ``rois``, ``stage``, ``shard``, ...) and those of the maps of ``stage`` (:func:`cem_checks.compute_cem` for
@@ -119,7 +112,7 @@ def sweep_keywords(stage: str | None = None) -> tuple[str, ...]:
     from cem_checks.sweeps import sweep
 
     maps = {"map": (compute_cem,), "support": (compute_support,)}.get(stage, (compute_cem, compute_support))
-    names = dict.fromkeys(_keywords(sweep) + tuple(n for f in maps for n in _keywords(f)))
+    names = dict.fromkeys(keyword_only(sweep) + tuple(n for f in maps for n in keyword_only(f)))
     names.pop("roi", None)
     return tuple(names)
 

@@ -349,16 +349,20 @@ def resolve_settings(sources: Sources, marker: Mapping[str, Any] | None = None) 
 
 
 # ------------------------------------------------------------------------------------------ the marker
+def keyword_only(func: Any) -> tuple[str, ...]:
+    """The names of the keyword-only arguments of ``func``, in order."""
+    import inspect
+
+    return tuple(name for name, p in inspect.signature(func).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def engine_keywords() -> tuple[str, ...]:
     """The keyword-only arguments of :func:`cem_checks.compute_cem`: what ``@pytest.mark.cem`` and ``cem(...)``
     accept."""
-    import inspect
-
     from cem_checks import compute_cem
 
-    return tuple(
-        name for name, p in inspect.signature(compute_cem).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-    )
+    return keyword_only(compute_cem)
 
 
 def marker_kwargs(markers: list) -> dict[str, Any]:
