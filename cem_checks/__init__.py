@@ -37,7 +37,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "loading": ("load_model",),
     "metrics": ("EffectCounts", "context_share", "counts", "diffusion_index", "distance_profile", "effect_range_db",
                 "effective_radius", "gini", "locality", "max_reach", "negative_fraction", "positive_fraction",
-                "significant_effect", "support_radius"),
+                "significant_effect", "support_radius", "support_radius_bounds"),
     "patches": ("PatchBank", "bundled_images", "default_patch_bank", "load_patches"),
     "result": ("CEMResult", "SupportResult"),
     "sweeps": ("OverOutcome", "Sweep", "SweepItem", "SweepPropertyError", "assert_over", "check_over",
@@ -88,7 +88,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names the module __getatt
     from .loading import load_model
     from .metrics import (EffectCounts, context_share, counts, diffusion_index, distance_profile, effect_range_db,
                           effective_radius, gini, locality, max_reach, negative_fraction, positive_fraction,
-                          significant_effect, support_radius)
+                          significant_effect, support_radius, support_radius_bounds)
     from .patches import PatchBank, bundled_images, default_patch_bank, load_patches
     from .result import CEMResult, SupportResult
     from .sweeps import (OverOutcome, Sweep, SweepItem, SweepPropertyError, assert_over, check_over,

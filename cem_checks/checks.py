@@ -99,10 +99,12 @@ class OffendingBlock:
     @classmethod
     def of(cls, result: CEMResult | SupportResult, row: int, col: int, detail: str = "") -> "OffendingBlock":
         b = int(result.block_size)
-        if isinstance(result, SupportResult):  # no effects: the block changed the ROI output, tested alone
+        if isinstance(result, SupportResult):  # no effects: the block changed the ROI output without the others
             nan = float("nan")
+            far = int(result.far_distance[row, col])
             return cls(int(row), int(col), int(result.distance[row, col]), nan, nan, nan,
-                       detail or "changes the ROI output when replaced alone (support stage; effect not estimated)", b)
+                       detail or f"changes the ROI output without other blocks (its pixels lie up to {far} px from the "
+                                 "ROI; support stage, effect not estimated)", b)
         return cls(
             int(row),
             int(col),
@@ -377,7 +379,7 @@ def _worst_reach(result, params, op, bound):
 
 
 def _worst_support(result, params, op, bound):
-    return _top(result, _sel(result, params) & result.support, [result.distance, np.abs(result.effect)])
+    return _top(result, _sel(result, params) & result.support, [result.far_distance, np.abs(result.effect)])
 
 
 def _worst_range(result, params, op, bound):
@@ -472,10 +474,12 @@ def _resolve_metric(metric: Any, params: dict) -> tuple[str, MetricSpec]:
 
 
 def _evaluate(result: Any, metric: Any, op: str, bound: Any, params: dict, *, name: str | None,
-              description: str | None, note: str = "") -> PropertyOutcome:
+              description: str | None, note: str = "", require_measured: bool = False) -> PropertyOutcome:
     result = M._validate_result(result)
     bound = _validate_bound(op, bound)
     metric_name, spec = _resolve_metric(metric, params)
+    if not isinstance(require_measured, bool):
+        raise CEMInputError(f"require_measured={require_measured!r} must be True or False.")
     measured = spec.func(result, **params)
     if isinstance(measured, (np.integer, np.floating)):
         measured = measured.item()
@@ -484,6 +488,13 @@ def _evaluate(result: Any, metric: Any, op: str, bound: Any, params: dict, *, na
     passed = _compare(measured, op, bound)
     if not note and math.isnan(float(measured)):
         note = "the metric is undefined for this map (NaN: e.g. no effect mass outside the ROI), so the property fails"
+    if metric_name != "support_radius" and not measured_outside_roi(result):
+        vacuous = (f"no block outside the ROI moved the ROI PSNR by tol_db ({result.tol_db:g} dB): nothing was "
+                   "measured")
+        if require_measured:
+            passed = False
+            vacuous += " (require_measured=True: the property fails)"
+        note = f"{vacuous}; {note}" if note else vacuous
     outcome = PropertyOutcome(
         name=name or metric_name,
         description=description or f"{metric_name} {op} {bound!r}",
@@ -502,29 +513,42 @@ def _evaluate(result: Any, metric: Any, op: str, bound: Any, params: dict, *, na
     return outcome
 
 
+def measured_outside_roi(result: CEMResult) -> bool:
+    """Whether some block outside the ROI has a non-zero effect (moved the ROI PSNR by at least ``tol_db``): an
+    effect property over a map without one measured nothing, whatever its verdict says."""
+    return bool((np.asarray(result.effect)[M.selection(result, False)] != 0).any())
+
+
 def _pct(share: float) -> str:
     return f"{share * 100:g}%"
 
 
 # --------------------------------------------------------------------------------------- properties
 def check_property(result: CEMResult, metric: str | Callable[..., float], op: str, bound: Any, *,
-                   name: str | None = None, description: str | None = None, **params: Any) -> PropertyOutcome:
+                   name: str | None = None, description: str | None = None, require_measured: bool = False,
+                   **params: Any) -> PropertyOutcome:
     """Compare ``metric(result, **params)`` with ``bound`` using ``op`` (``"<"``, ``"<="``, ``">"``, ``">="``,
     ``"=="``, or ``"between"`` with a ``(low, high)`` bound) and return the :class:`PropertyOutcome`.
 
     ``metric`` is a name of :data:`METRICS` (e.g. ``"diffusion_index"``) or a callable ``(result, **params) ->
     number``. ``name`` / ``description`` label the property in messages (defaults: the metric and the comparison).
+
+    A property of the effects over a map where no block outside the ROI has a non-zero effect measured nothing: its
+    outcome says so in ``note`` (message, JSON, report); with ``require_measured=True`` it fails instead.
     """
-    return _finish(_evaluate(result, metric, op, bound, params, name=name, description=description), False)
+    return _finish(_evaluate(result, metric, op, bound, params, name=name, description=description,
+                             require_measured=require_measured), False)
 
 
 def assert_property(result: CEMResult, metric: str | Callable[..., float], op: str, bound: Any, *,
-                    name: str | None = None, description: str | None = None, **params: Any) -> PropertyOutcome:
+                    name: str | None = None, description: str | None = None, require_measured: bool = False,
+                    **params: Any) -> PropertyOutcome:
     """:func:`check_property`, raising :class:`CausalPropertyError` when the comparison fails."""
-    return _finish(_evaluate(result, metric, op, bound, params, name=name, description=description), True)
+    return _finish(_evaluate(result, metric, op, bound, params, name=name, description=description,
+                             require_measured=require_measured), True)
 
 
-def _positive_effect_local(result, radius, mass, significant, include_roi):
+def _positive_effect_local(result, radius, mass, significant, include_roi, require_measured=False):
     radius = M.validate_radius("radius", radius)
     mass = M.validate_mass(mass)
     return _evaluate(
@@ -532,23 +556,24 @@ def _positive_effect_local(result, radius, mass, significant, include_roi):
         dict(mass=mass, sign="positive", significant=significant, include_roi=include_roi),
         name="positive_effect_local",
         description=f"at least {_pct(mass)} of the positive effect mass lies within {radius:g} px of the ROI",
+        require_measured=require_measured,
     )
 
 
 def check_positive_effect_local(result: CEMResult, radius: float, mass: float = 0.9, *, significant: bool = False,
-                                include_roi: bool = False) -> PropertyOutcome:
+                                include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """Does at least ``mass`` of the positive effect lie within ``radius`` input px of the ROI?
     (``effective_radius(result, mass, sign="positive") <= radius``; passes on a map without positive mass.)"""
-    return _finish(_positive_effect_local(result, radius, mass, significant, include_roi), False)
+    return _finish(_positive_effect_local(result, radius, mass, significant, include_roi, require_measured), False)
 
 
 def assert_positive_effect_local(result: CEMResult, radius: float, mass: float = 0.9, *, significant: bool = False,
-                                 include_roi: bool = False) -> PropertyOutcome:
+                                 include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """:func:`check_positive_effect_local`, raising :class:`CausalPropertyError` when it fails."""
-    return _finish(_positive_effect_local(result, radius, mass, significant, include_roi), True)
+    return _finish(_positive_effect_local(result, radius, mass, significant, include_roi, require_measured), True)
 
 
-def _negative_fraction_at_most(result, bound, by, significant, include_roi):
+def _negative_fraction_at_most(result, bound, by, significant, include_roi, require_measured=False):
     bound = M._validate_number("bound", bound, low=0.0, high=1.0)
     M._validate_choice("by", by, M.BY)
     what = "blocks" if by == "count" else "absolute effect mass"
@@ -557,69 +582,84 @@ def _negative_fraction_at_most(result, bound, by, significant, include_roi):
         result, "negative_fraction", "<=", bound, dict(by=by, significant=significant, include_roi=include_roi),
         name="negative_fraction_at_most",
         description=f"at most {_pct(bound)} of the {what} hurt the ROI{sig}",
+        require_measured=require_measured,
     )
 
 
 def check_negative_fraction_at_most(result: CEMResult, bound: float, *, by: str = "count", significant: bool = False,
-                                    include_roi: bool = False) -> PropertyOutcome:
+                                    include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """Do at most ``bound`` (in [0, 1]) of the blocks (``by="count"``) or of the absolute mass (``by="mass"``) have
     a negative effect? With ``significant=True`` only blocks whose CI lies below zero count as negative."""
-    return _finish(_negative_fraction_at_most(result, bound, by, significant, include_roi), False)
+    return _finish(_negative_fraction_at_most(result, bound, by, significant, include_roi, require_measured), False)
 
 
 def assert_negative_fraction_at_most(result: CEMResult, bound: float, *, by: str = "count", significant: bool = False,
-                                     include_roi: bool = False) -> PropertyOutcome:
+                                     include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """:func:`check_negative_fraction_at_most`, raising :class:`CausalPropertyError` when it fails."""
-    return _finish(_negative_fraction_at_most(result, bound, by, significant, include_roi), True)
+    return _finish(_negative_fraction_at_most(result, bound, by, significant, include_roi, require_measured), True)
 
 
 _RF_BY = ("support", "effect", "significant")
 
 
-def _receptive_field_within(result, radius, by):
+def _receptive_field_within(result, radius, by, require_measured=False):
     radius = M.validate_radius("radius", radius)
     M._validate_choice("by", by, _RF_BY)
+    note = ""
     if by == "support":
         result = M._support_question(result, radius)
         if isinstance(result, SupportResult):
             return _support_stage_within(result, radius)
+        note = _block_resolution_note(result, radius)
     elif isinstance(result, SupportResult):
         raise CEMInputError(
             f"by={by!r} compares effects, which a SupportResult (the support stage alone) does not have; use "
-            "by='support' (exact: does any farther block change the ROI output at all?), or a map."
+            "by='support' (exact: does any farther pixel change the ROI output at all?), or a map."
         )
     if by == "support":
-        metric, params, what = "support_radius", {}, "changes the ROI output in any draw"
+        metric, params = "support_radius", {}
+        description = f"no input pixel farther than {radius:g} px from the ROI changes the ROI output in any draw"
     else:
         significant = by == "significant"
         metric, params = "max_reach", {"significant": significant}
         what = "has a significantly non-zero effect" if significant else "has a non-zero effect"
-    return _evaluate(
-        result, metric, "<=", radius, params,
-        name="receptive_field_within",
-        description=f"no block farther than {radius:g} px from the ROI {what}",
-    )
+        description = f"no block farther than {radius:g} px from the ROI (its nearest pixel) {what}"
+    return _evaluate(result, metric, "<=", radius, params, name="receptive_field_within", description=description,
+                     note=note, require_measured=require_measured)
+
+
+def _block_resolution_note(result: CEMResult, radius: float) -> str:
+    """For a map whose support radius is known per block only: the resolution of the verdict, and whether the bound
+    is undecided at that resolution (the property then fails: a gate never passes unless it must)."""
+    if result.radius_px is not None:
+        return ""
+    lo, hi = M.support_radius_bounds(result)
+    text = (f"at the resolution of the blocks ({result.block_size} px): the support radius lies between {lo} and "
+            f"{hi} px (the nearest and farthest pixel of the farthest supported block); measured is the upper end")
+    if lo <= radius < hi:
+        text += (f"; undecided at {radius:g} px, so the property fails: a pixel-exact verdict needs the support "
+                 f"stage, compute_support(..., within={radius:g}) (or the cem fixture, which runs it)")
+    return text
 
 
 def _support_stage_within(result: SupportResult, radius: float) -> PropertyOutcome:
-    """``receptive_field_within`` of a :class:`SupportResult`: its support radius against ``radius``; a result
-    whose search stopped at ``within`` answers when ``within`` decides the bound (nothing beyond it and
-    ``radius >= within``, or something beyond it and ``radius <= within``)."""
+    """``receptive_field_within`` of a :class:`SupportResult` (exact in pixels): its support radius against
+    ``radius``; a result whose search stopped at ``within`` answers when ``within`` decides the bound (nothing
+    beyond it and ``radius >= within``, or something beyond it and ``radius <= within``)."""
     params: dict[str, Any] = {}
     note = ""
-    d = result.distance
     if result.radius_px is not None:
         measured = int(result.radius_px)
     else:
         w = float(result.within_px)
         params = {"within": w}
         if not result.beyond_within and radius >= w:
-            measured, note = w, (f"an upper bound: one group test showed that nothing farther than {w:g} px changes "
-                                 "the ROI output; the support radius itself was not searched")
+            measured, note = w, (f"an upper bound: one group test showed that no input pixel farther than {w:g} px "
+                                 "changes the ROI output; the support radius itself was not searched")
         elif result.beyond_within and radius <= w:
-            measured = int(d[d > w].min())
-            note = (f"a lower bound: one group test showed that blocks farther than {w:g} px (the nearest at "
-                    f"{measured} px) change the ROI output; the support radius itself was not searched")
+            measured = math.floor(w) + 1
+            note = (f"a lower bound: one group test showed that input pixels farther than {w:g} px change the ROI "
+                    "output; the support radius itself was not searched")
         else:
             raise CEMInputError(
                 f"this SupportResult was computed with within={w:g} (anything beyond {w:g} px: "
@@ -627,15 +667,16 @@ def _support_stage_within(result: SupportResult, radius: float) -> PropertyOutco
                 f"compute it with compute_support(..., within={radius:g}) or without within=."
             )
     passed = _compare(measured, "<=", radius)
-    offenders = result.support & ~result.roi_mask & (d > radius)
-    worst = _top(result, offenders, [d])
+    far = result.far_distance
+    offenders = result.support & ~result.roi_mask & (far > radius)  # blocks holding pixels beyond the bound
+    worst = _top(result, offenders, [far])
     if not passed and not worst:
-        extra = (f"the blocks farther than {radius:g} px changed the ROI output as a group; none was tested alone "
-                 "(compute_support() without within= resolves them one by one)")
+        extra = (f"the input beyond {radius:g} px changed the ROI output as a group; no block was tested without the "
+                 "others (compute_support() without within= resolves them one by one)")
         note = f"{note}; {extra}" if note else extra
     return PropertyOutcome(
         name="receptive_field_within",
-        description=f"no block farther than {radius:g} px from the ROI changes the ROI output in any draw",
+        description=f"no input pixel farther than {radius:g} px from the ROI changes the ROI output in any draw",
         metric="support_radius",
         params=params,
         measured=measured,
@@ -650,26 +691,32 @@ def _support_stage_within(result: SupportResult, radius: float) -> PropertyOutco
     )
 
 
-def check_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support") -> PropertyOutcome:
+def check_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support",
+                                 require_measured: bool = False) -> PropertyOutcome:
     """Does nothing beyond ``radius`` input px of the ROI affect it?
 
-    ``by="support"`` (default, exact): ``support_radius <= radius``: no draw on a farther block changed the ROI
-    output at all. ``by="effect"``: ``max_reach(significant=False) <= radius`` (|effect| >= tol_db);
-    ``by="significant"``: ``max_reach(significant=True) <= radius``.
+    ``by="support"`` (default, exact in pixels): ``support_radius <= radius``: no input pixel farther than
+    ``radius`` px from the ROI footprint changes the ROI output in any draw, whatever the block size (the support
+    stage replaces exactly those pixels). A map that knows its support per block only (paper mode) decides the
+    bound where the blocks do; where a supported block straddles the bound the property fails, and its note says
+    how to get the pixel-exact verdict. ``by="effect"``: ``max_reach(significant=False) <= radius`` (|effect| >=
+    tol_db, per block: the distance of its nearest pixel); ``by="significant"``: ``max_reach(significant=True) <=
+    radius``; with ``require_measured=True`` these fail on a map where no block outside the ROI has an effect.
 
     ``result`` may also be a :class:`SupportResult` (``by="support"`` only), or a map computed on first need
     (:class:`cem_checks.lazy.LazyMap`, what the plugin's ``cem`` fixture returns), which then runs its support
     stage only: a few group tests instead of a map.
     """
-    return _finish(_receptive_field_within(result, radius, by), False)
+    return _finish(_receptive_field_within(result, radius, by, require_measured), False)
 
 
-def assert_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support") -> PropertyOutcome:
+def assert_receptive_field_within(result: CEMResult, radius: float, *, by: str = "support",
+                                  require_measured: bool = False) -> PropertyOutcome:
     """:func:`check_receptive_field_within`, raising :class:`CausalPropertyError` when it fails."""
-    return _finish(_receptive_field_within(result, radius, by), True)
+    return _finish(_receptive_field_within(result, radius, by, require_measured), True)
 
 
-def _uses_context_beyond(result, radius, share, significant, include_roi):
+def _uses_context_beyond(result, radius, share, significant, include_roi, require_measured=False):
     radius = M.validate_radius("radius", radius)
     share = M._validate_number("share", share, low=0.0, high=1.0, low_open=True)
     return _evaluate(
@@ -678,23 +725,24 @@ def _uses_context_beyond(result, radius, share, significant, include_roi):
         description=(
             f"at least {_pct(share)} of the absolute effect mass comes from blocks farther than {radius:g} px from the ROI"
         ),
+        require_measured=require_measured,
     )
 
 
 def check_uses_context_beyond(result: CEMResult, radius: float, share: float, *, significant: bool = False,
-                              include_roi: bool = False) -> PropertyOutcome:
+                              include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """Does the model use context beyond ``radius`` input px: ``context_share(beyond=radius) >= share``
     (``share`` in (0, 1])? Fails on a map without effect mass."""
-    return _finish(_uses_context_beyond(result, radius, share, significant, include_roi), False)
+    return _finish(_uses_context_beyond(result, radius, share, significant, include_roi, require_measured), False)
 
 
 def assert_uses_context_beyond(result: CEMResult, radius: float, share: float, *, significant: bool = False,
-                               include_roi: bool = False) -> PropertyOutcome:
+                               include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """:func:`check_uses_context_beyond`, raising :class:`CausalPropertyError` when it fails."""
-    return _finish(_uses_context_beyond(result, radius, share, significant, include_roi), True)
+    return _finish(_uses_context_beyond(result, radius, share, significant, include_roi, require_measured), True)
 
 
-def _effect_range_between(result, low_db, high_db, significant, include_roi):
+def _effect_range_between(result, low_db, high_db, significant, include_roi, require_measured=False):
     low = M._validate_number("low_db", low_db, low=0.0, unit="dB")
     high = M._validate_number("high_db", high_db, low=0.0, unit="dB")
     if low > high:
@@ -703,19 +751,20 @@ def _effect_range_between(result, low_db, high_db, significant, include_roi):
         result, "effect_range_db", "between", (low, high), dict(significant=significant, include_roi=include_roi),
         name="effect_range_between",
         description=f"the effect range (max - min) lies between {low:g} and {high:g} dB",
+        require_measured=require_measured,
     )
 
 
 def check_effect_range_between(result: CEMResult, low_db: float, high_db: float, *, significant: bool = False,
-                               include_roi: bool = False) -> PropertyOutcome:
+                               include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """Is ``low_db <= effect_range_db(result) <= high_db`` (dB, both >= 0)?"""
-    return _finish(_effect_range_between(result, low_db, high_db, significant, include_roi), False)
+    return _finish(_effect_range_between(result, low_db, high_db, significant, include_roi, require_measured), False)
 
 
 def assert_effect_range_between(result: CEMResult, low_db: float, high_db: float, *, significant: bool = False,
-                                include_roi: bool = False) -> PropertyOutcome:
+                                include_roi: bool = False, require_measured: bool = False) -> PropertyOutcome:
     """:func:`check_effect_range_between`, raising :class:`CausalPropertyError` when it fails."""
-    return _finish(_effect_range_between(result, low_db, high_db, significant, include_roi), True)
+    return _finish(_effect_range_between(result, low_db, high_db, significant, include_roi, require_measured), True)
 
 
 def with_map_hint(outcome: PropertyOutcome, map_hint: str) -> PropertyOutcome:

@@ -111,3 +111,20 @@ class BlockGrid:
         dy = np.maximum(0, np.maximum(top - (y1 - 1), y0 - (top + b - 1)))
         dx = np.maximum(0, np.maximum(left - (x1 - 1), x0 - (left + b - 1)))
         return np.maximum(dy[:, None], dx[None, :]).astype(np.int64)
+
+    def pixel_distance(self, footprint: tuple[int, int, int, int]) -> np.ndarray:
+        """(height, width) int Chebyshev distance in input px from each input pixel to the footprint
+        ``(x0, y0, x1, y1)``: 0 inside it, 1 for the pixels touching it. A model whose receptive field has radius
+        r input px cannot be affected by a pixel farther than r; a block's :meth:`distance` is the least distance
+        of its pixels, :meth:`far_distance` the greatest."""
+        x0, y0, x1, y1 = footprint
+        ys, xs = np.arange(self.height), np.arange(self.width)
+        dy = np.maximum(0, np.maximum(ys - (y1 - 1), y0 - ys))
+        dx = np.maximum(0, np.maximum(xs - (x1 - 1), x0 - xs))
+        return np.maximum(dy[:, None], dx[None, :]).astype(np.int64)
+
+    def far_distance(self, footprint: tuple[int, int, int, int]) -> np.ndarray:
+        """(rows, cols) int: the distance (input px, as :meth:`pixel_distance`) of each block's farthest pixel."""
+        b = self.block_size
+        d = self.pixel_distance(footprint)[: self.rows * b, : self.cols * b]
+        return d.reshape(self.rows, b, self.cols, b).max(axis=(1, 3))

@@ -67,8 +67,9 @@ class LazyMap:
         return self.map()
 
     def __cem_support__(self, within: float | None) -> CEMResult | SupportResult:
-        """What a support question reads: the map once it exists (no new work), else the support stage."""
-        return self._map if self._map is not None else self.support_stage(within)
+        """What a support question reads: the support stage, exact in pixels (after a map, it reuses the map's
+        group tests: at most the ring test at ``within`` is new)."""
+        return self.support_stage(within)
 
     # ------------------------------------------------------------------------------------------ the rest
     def __getattr__(self, name: str) -> Any:

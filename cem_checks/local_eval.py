@@ -547,8 +547,10 @@ def build_plan(model: Any) -> tuple[LocalPlan | None, str]:
     ``(plan, "ok")`` or ``(None, reason)``. Shapes are checked when the plan meets an input (:class:`FrameEvaluator`)."""
     if not isinstance(model, nn.Module):
         return None, f"not an nn.Module ({type(model).__name__})"
-    try:
-        with warnings.catch_warnings():
+    from .engine.guard import preserved
+
+    try:  # a symbolic trace writes its proxies into attributes that forward assigns: restored after
+        with warnings.catch_warnings(), preserved(model):
             warnings.simplefilter("ignore")
             gm = torch.fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: not supported
@@ -969,16 +971,21 @@ GROUP_SLACK = {"cpu": 0.15}
 GROUP_SLACK_ACCELERATOR = 1.0
 
 
-def traced_reach(model: Any, x: torch.Tensor, roi: Box) -> tuple[Box | None, str]:
+def traced_reach(model: Any, x: torch.Tensor, roi: Box) -> tuple[Box | None, str, torch.Tensor | None]:
     """The box of the input ``x`` (1, C, h, w) that the ROI output (box ``roi`` of the output) can depend on at
-    all, from the traced graph: every input pixel outside it lies beyond the reach of every path to the ROI, so it
-    cannot change the ROI output. Returns ``(box, "ok")``, or ``(None, reason)`` when the model is refused."""
+    all, from the traced graph: every input pixel outside it lies beyond the reach of every path of the graph to
+    the ROI. Returns ``(box, "ok", roi_base)`` with the traced graph's own baseline ROI output (to compare with the
+    model's: a trace may miss what the model runs), or ``(None, reason, None)`` when the model is refused."""
+    from .engine.runner import is_oom
+
     plan, why = build_plan(model)
     if plan is None:
-        return None, why
+        return None, why, None
     try:
         with torch.inference_mode():
             ev = FrameEvaluator(plan, x, roi)
-    except Refused as exc:
-        return None, str(exc)
-    return ev.reach(), "ok"
+            return ev.reach(), "ok", ev.roi_base
+    except Exception as exc:  # noqa: BLE001 - a graph the plan cannot evaluate: not traced
+        if is_oom(exc):
+            raise
+        return None, str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}", None

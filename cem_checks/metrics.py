@@ -55,6 +55,7 @@ __all__ = [
     "selection",
     "significant_effect",
     "support_radius",
+    "support_radius_bounds",
 ]
 
 
@@ -331,19 +332,38 @@ def max_reach(result: CEMResult | SupportResult, significant: bool = True, *, in
 
 
 def support_radius(result: CEMResult | SupportResult, *, include_roi: bool = False) -> int:
-    """Largest distance (input px) of a measured block in ``result.support`` (some draw changed the ROI output
-    at all: exact, free of Monte-Carlo noise). 0 when no block qualifies. For a model whose receptive field has
-    radius r, ``support_radius <= r``.
+    """The support radius (input px): the distance from the ROI footprint of the farthest input pixel that changes
+    the ROI output at all (exact, free of Monte-Carlo noise); 0 when nothing outside the footprint does. For a model
+    whose receptive field has radius r, ``support_radius <= r``.
 
-    A :class:`SupportResult` gives its ``radius_px`` (the farthest ring of blocks that changes the ROI output); a
-    map computed on first need (:class:`cem_checks.lazy.LazyMap`) runs only its support stage for this."""
+    Exact in pixels where the engine's group tests decided it: a :class:`SupportResult`'s ``radius_px``, a map's
+    ``radius_px`` (fast mode), or a map computed on first need (:class:`cem_checks.lazy.LazyMap`), which runs only
+    its support stage for this. A map without it (paper mode, hand-built maps) knows its support per block only:
+    then the distance of the farthest pixel of a supported block, an upper bound of the pixel-exact radius (see
+    :func:`support_radius_bounds`)."""
     result = _support_question(result)
     if isinstance(result, SupportResult):
         _validate_bool("include_roi", include_roi)
         return support_result_radius(result)
-    sel = selection(result, include_roi)
-    hit = result.distance[sel & result.support]
-    return int(hit.max()) if hit.size else 0
+    if result.radius_px is not None:
+        _validate_bool("include_roi", include_roi)
+        return int(result.radius_px)
+    return support_radius_bounds(result, include_roi=include_roi)[1]
+
+
+def support_radius_bounds(result: CEMResult, *, include_roi: bool = False) -> tuple[int, int]:
+    """``(low, high)`` input px: where the pixel-exact support radius of a map lies, from its per-block support.
+    A supported block holds some pixel that changes the ROI output, at a distance between the block's nearest and
+    farthest pixel: ``low`` is the greatest nearest distance of a supported block, ``high`` the greatest farthest
+    distance (both 0 when no block qualifies). A map whose engine decided the radius in pixels (``radius_px``)
+    gives it twice."""
+    result = _validate_result(result)
+    if result.radius_px is not None:
+        return int(result.radius_px), int(result.radius_px)
+    sel = selection(result, include_roi) & result.support
+    if not sel.any():
+        return 0, 0
+    return int(result.distance[sel].max()), int(result.far_distance[sel].max())
 
 
 # ----------------------------------------------------------------------------------------- diffusion

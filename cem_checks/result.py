@@ -175,6 +175,11 @@ class CEMResult:
     sent through the model), ``wall_s``, ``device``, ``input_shape`` / ``output_shape`` ((h, w)),
     ``patch_bank`` (source, count, hash), ``model`` (a name) and ``meta`` (free-form, JSON-safe).
 
+    ``radius_px``: the support radius exact in input pixels (the distance of the farthest input pixel that changes
+    the ROI output), where the engine's support search decided it (fast mode's group tests, or a support stage of
+    the same job); None otherwise (paper mode, hand-built maps), where ``support`` answers at the resolution of
+    the blocks only (see :func:`cem_checks.metrics.support_radius`).
+
     Images (None when unknown, e.g. for :meth:`from_effects` maps or results saved without them), read-only uint8
     (h, w, 3) RGB: ``input_image``, the degraded model input of the whole (trimmed) image, ``input_shape``; and
     ``output_image``, the model's output on it (the baseline), ``output_shape``, both clamped to [0, 1] and
@@ -213,6 +218,7 @@ class CEMResult:
     patch_bank: dict = field(default_factory=dict)
     model: str = ""
     meta: dict = field(default_factory=dict)
+    radius_px: int | None = None
     input_image: np.ndarray | None = None
     output_image: np.ndarray | None = None
 
@@ -244,6 +250,12 @@ class CEMResult:
     @property
     def grid(self) -> BlockGrid:
         return BlockGrid(self.rows * self.block_size, self.cols * self.block_size, self.block_size)
+
+    @property
+    def far_distance(self) -> np.ndarray:
+        """(rows, cols) int64 input px: the distance of each block's farthest pixel from the ROI footprint (its
+        nearest is ``distance``)."""
+        return self.grid.far_distance(self.roi.footprint(self.scale))
 
     # ------------------------------------------------------------------------------ hand-built maps
     @classmethod
@@ -382,10 +394,11 @@ class SupportResult:
       support (``support`` is False there).
     - ``roi_mask`` bool and ``distance`` int64 (input px), as in :class:`CEMResult`.
 
-    Scalars: ``radius_px`` (the support radius: the distance of the farthest ring of blocks that changes the ROI
-    output; None when the search stopped at ``within``), ``base_psnr`` (dB, the baseline ROI PSNR),
-    ``within_px`` and ``beyond_within`` (with ``within=r``:
-    whether anything farther than r input px changes the ROI output; None otherwise), ``block_size`` (input px),
+    Scalars: ``radius_px`` (the support radius, exact in input pixels: the distance of the farthest input pixel
+    that changes the ROI output; None when the search stopped at ``within``), ``base_psnr`` (dB, the baseline ROI
+    PSNR), ``within_px`` and ``beyond_within`` (with ``within=r``: whether any input pixel farther than r px from
+    the ROI footprint changes the ROI output, exact in pixels whatever the block size; None otherwise),
+    ``block_size`` (input px),
     ``scale``, ``roi`` (output px), ``task``, ``seed``, ``draws`` (joint draws per group test), ``group_tests``,
     ``forward_passes`` (images sent through the model, the validation forwards included), ``wall_s``,
     ``device``, ``input_shape`` / ``output_shape`` ((h, w)), ``task_params``, ``patch_bank``, ``model``,
@@ -449,6 +462,11 @@ class SupportResult:
     @property
     def grid(self) -> BlockGrid:
         return BlockGrid(self.rows * self.block_size, self.cols * self.block_size, self.block_size)
+
+    @property
+    def far_distance(self) -> np.ndarray:
+        """(rows, cols) int64 input px: the distance of each block's farthest pixel from the ROI footprint."""
+        return self.grid.far_distance(self.roi.footprint(self.scale))
 
     @property
     def complete(self) -> bool:

@@ -92,7 +92,8 @@ def test_receptive_field_within_by_support_effect_and_significance():
     r = _map(support=sup, stderr=se)
     assert C.assert_receptive_field_within(r, 2).measured == 2
     assert C.assert_receptive_field_within(r, 2, by="significant").measured == 2
-    with pytest.raises(C.CausalPropertyError, match=r"(?s)no block farther than 2 px from the ROI has a non-zero effect.*"
+    with pytest.raises(C.CausalPropertyError, match=r"(?s)no block farther than 2 px from the ROI \(its nearest pixel\) "
+                       r"has a non-zero effect.*"
                        r"max_reach\(significant=False\) = 3 px.*block \(x, y, w, h\) = \(0, 0, 1, 1\) px \[row 0, col 0\] "
                        r"at 3 px: \+0\.500 dB, 95% CI "
                        r"\[-1\.460, \+2\.460\]\n    block \(x, y, w, h\) = \(3, 6, 1, 1\) px \[row 6, col 3\] "
@@ -105,12 +106,29 @@ def test_receptive_field_within_by_support_effect_and_significance():
 def test_receptive_field_of_a_conv_stack(natural32):
     model = ConvStack((1, 1, 1))
     r = cc.compute_cem(model, natural32, task=cc.Denoising(15), roi=(12, 12, 8), block_size=4, **FAST)
-    # blocks at distance 1 (adjacent) and 5, 9, ...: a radius-3 model reaches only the adjacent ring
-    assert C.assert_receptive_field_within(r, model.radius).measured == 1
+    # a paper-mode map knows its support per block: the adjacent ring of 4-px blocks (pixels 1 to 4 px away) reaches
+    # the ROI, so the radius lies between 1 and 4 px, and a bound of 3 px is undecided there: the gate fails
+    assert r.radius_px is None and cc.support_radius_bounds(r) == (1, 4)
+    with pytest.raises(C.CausalPropertyError, match=r"(?s)support_radius\(\) = 4 px.*bound:    <= 3 px.*resolution of "
+                       r"the blocks \(4 px\): the support radius lies between 1 and 4 px.*undecided at 3 px.*"
+                       r"compute_support\(\.\.\., within=3\)"):
+        C.assert_receptive_field_within(r, model.radius)
+    assert C.assert_receptive_field_within(r, 4).measured == 4  # every supported block lies within 4 px: decided
     assert C.assert_receptive_field_within(r, model.radius, by="effect").measured <= 1
-    with pytest.raises(C.CausalPropertyError, match=r"(?s)support_radius\(\) = 1 px.*bound:    <= 0 px.*at 1 px.*"
+    with pytest.raises(C.CausalPropertyError, match=r"(?s)support_radius\(\) = 4 px.*bound:    <= 0 px.*at 1 px.*"
                        rf"model=ConvStack task=dn15 roi=\(12, 12, 8\) block_size=4 scale=1 seed=0 mode={r.mode} device=cpu"):
         C.assert_receptive_field_within(r, 0)
+    # the support stage answers in pixels: exactly the model's radius, whatever the block size
+    s = cc.compute_support(model, natural32, task=cc.Denoising(15), roi=(12, 12, 8), block_size=4, progress=False,
+                           device="cpu")
+    assert s.radius_px == model.radius and C.assert_receptive_field_within(s, model.radius).passed
+    with pytest.raises(C.CausalPropertyError, match=r"support_radius\(\) = 3 px"):
+        C.assert_receptive_field_within(s, model.radius - 1)
+    # so does a fast-mode map (its group tests decide the radius in pixels)
+    f = cc.compute_cem(model, natural32, task=cc.Denoising(15), roi=(12, 12, 8), block_size=4, coarse=2, fine=4,
+                       progress=False, device="cpu")
+    assert f.radius_px == model.radius and cc.support_radius(f) == model.radius
+    assert C.assert_receptive_field_within(f, model.radius).note == ""
 
 
 # ------------------------------------------------------------------------------- uses_context_beyond

@@ -33,7 +33,8 @@ def test_kd_group_testing_finds_a_sparse_non_local_dependency(natural32):
     img[20:24, 24:28] = img[4:8, 4:8]
     res = cc.compute_cem(PlantedNonLocal(roi, source), img, task="dn10", roi=roi, block_size=4, **QUICK)
     info = res.meta["fast"]
-    assert info["support_radius_px"] == res.distance[5, 6]  # the far block sets the ring radius
+    # the far block's pixels set the radius, exactly in pixels: its farthest pixel (the ROI copies the whole block)
+    assert info["support_radius_px"] == res.radius_px == res.far_distance[5, 6]
     assert info["ruled_out_by_kd"] >= 40  # the k-d split then rules out the rest inside that radius
     assert info["candidates"] == 2  # the far block and the ROI's own block (always kept)
     assert info["crop_check"].startswith("failed: the model cannot run on the crop")  # absolute coordinates

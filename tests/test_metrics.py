@@ -227,9 +227,13 @@ def natural16(natural32) -> np.ndarray:
 def test_conv_stack_reach_is_its_receptive_radius(dilations, natural16):
     model = ConvStack(dilations)
     res = cc.compute_cem(model, natural16, task=cc.Denoising(15), roi=(2, 2, 4), block_size=2, **FAST)
-    # distances are 1, 3, 5, ...: the support reaches the largest one within the radius, exactly
+    # block distances are 1, 3, 5, ...: the support reaches the largest one within the radius, exactly; per block,
+    # the pixel-exact radius lies between that block's nearest and farthest pixel, and the support radius of a
+    # paper-mode map (no pixel-exact radius) is the upper end
     expected = int(res.distance[res.distance <= model.radius].max())
-    assert M.support_radius(res) == expected
+    assert res.radius_px is None
+    assert M.support_radius_bounds(res) == (expected, expected + 1)
+    assert expected <= model.radius <= expected + 1 and M.support_radius(res) == expected + 1
     assert M.max_reach(res, significant=False) <= expected
     assert M.context_share(res, beyond=expected) == 0.0
     assert M.effective_radius(res, 1.0, "abs") <= expected
@@ -253,7 +257,8 @@ def test_identity_denoiser_only_affects_the_roi(natural32):
 def test_planted_non_local_block_holds_all_the_mass(planted_map):
     res, far, d = planted_map
     assert d >= 12
-    assert M.max_reach(res) == d and M.support_radius(res) == d
+    assert M.max_reach(res) == d and M.support_radius_bounds(res) == (d, d + 3)  # the far 4-px block's pixels
+    assert M.support_radius(res) == int(res.far_distance[far]) == d + 3
     assert M.effective_radius(res, 0.5) == d
     assert M.context_share(res, beyond=d - 1) == 1.0 and M.locality(res, d - 1) == 0.0
     assert M.positive_fraction(res, by="mass") == 1.0

@@ -39,12 +39,13 @@ def test_each_map_records_the_stages_that_ran(pytester):
     (gate,), (full,) = maps["test_gate"], maps["test_gate_then_effects"]
     assert maps["test_unused"] == []  # a map no assertion consulted ran nothing
     assert gate["stage"] == "support" and full["stage"] == "map"
-    assert "effect_db" not in gate and gate["support_radius_px"] == 1 and gate["within_px"] == 2.0
-    assert gate["beyond_within"] is False and gate["group_tests"] == 1
-    # the traced graph shows that nothing beyond 2 px can reach the ROI; the ring within it is tested in the crop
-    # of the blocks the graph lets reach it: the validation forward + 6 on a window (determinism, batch
-    # independence) + 1 image checking the crop + the ring test's 3 draws
-    assert gate["forward_passes"] == 1 + 6 + 1 + 3
+    assert "effect_db" not in gate and gate["support_radius_px"] == 2 and gate["within_px"] == 2.0
+    assert gate["beyond_within"] is False and gate["group_tests"] == 2
+    # the traced graph shows that nothing beyond 2 px can reach the ROI, which one group test on the full input
+    # confirms; the ring just inside it is tested in the crop of the blocks the graph lets reach the ROI: the
+    # validation forward + 6 on a window (determinism, batch independence) + the confirming test's 3 draws + 1
+    # image checking the crop + the ring test's 3 draws
+    assert gate["forward_passes"] == 1 + 6 + 3 + 1 + 3
     assert full["forward_passes"] > 5 * gate["forward_passes"]
     assert sum(gate["support"], []).count(True) == 0  # no block was tested alone: the gate passed
     assert full["support_radius_px"] == gate["support_radius_px"]
@@ -65,5 +66,5 @@ def test_the_cache_dir_makes_a_rerun_of_the_gate_cost_only_the_validation(pytest
         pytester.runpytest("--cem-json", name, "--cem-cache-dir", "cache", "-k", "test_gate and not effects",
                            "-p", "no:cacheprovider").assert_outcomes(passed=1)
     cold, warm = _maps(pytester.path / "cold.json")["test_gate"], _maps(pytester.path / "warm.json")["test_gate"]
-    assert cold[0]["forward_passes"] == 11 and warm[0]["forward_passes"] == 1
-    assert warm[0]["support_radius_px"] == cold[0]["support_radius_px"] == 1
+    assert cold[0]["forward_passes"] == 14 and warm[0]["forward_passes"] == 1
+    assert warm[0]["support_radius_px"] == cold[0]["support_radius_px"] == 2

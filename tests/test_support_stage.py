@@ -24,17 +24,29 @@ CASES = {  # name: (model, task, roi, block)
 }
 
 
+class Log:
+    """A record kept outside the model's own state (the engine restores the model's attributes and their lists
+    after each call, so a list attribute of the model would not keep what it saw)."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+
 class Counting(torch.nn.Module):
     """Wraps a model; records a digest of every input image it sees (in order) and how many it saw."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
-        self.seen: list[str] = []
+        self.log = Log()
+
+    @property
+    def seen(self) -> list[str]:
+        return self.log.items
 
     def forward(self, x):
         for img in x:
-            self.seen.append(hashlib.sha256(img.detach().contiguous().numpy().tobytes()).hexdigest())
+            self.log.items.append(hashlib.sha256(img.detach().contiguous().numpy().tobytes()).hexdigest())
         return self.inner(x)
 
 
@@ -50,7 +62,7 @@ def test_support_is_exactly_the_receptive_field_and_every_block_is_resolved(name
     assert theory.any() and (~theory).any()
     assert res.complete and res.resolved.all()
     np.testing.assert_array_equal(res.support, theory)
-    assert res.radius_px == int(res.distance[theory].max())
+    assert res.radius_px == model.radius  # exact in pixels, whatever the block size
     assert cc.support_radius(res) == res.radius_px == cc.max_reach(res, significant=False)
 
 
@@ -73,10 +85,10 @@ def test_within_answers_whether_anything_beyond_changes_the_roi_in_one_group_tes
         res = cc.compute_support(counting, natural32, task=task, roi=roi, block_size=block, within=r, batch_size=8,
                                  **QUICK)
         d = res.distance
-        assert res.beyond_within == bool(((d > r) & (d <= model.radius)).any()), r
+        assert res.beyond_within == (r < model.radius), r  # exact in pixels: the pixels beyond r px are replaced
         assert res.radius_px is None and res.within_px == r
         tests = res.meta["support_search"]["tests_run"]
-        farthest = r >= d.max()
+        farthest = r >= res.far_distance.max()
         assert tests == (0 if farthest else 1)
         # the validation forward (also the baseline of the ring test's draws, run one image at a time), 6 on a
         # 16x16 window for the determinism and batch-independence checks, the ring test's 3 draws
@@ -97,7 +109,7 @@ def test_a_planted_sparse_dependency_is_resolved_block_by_block(planted_map, nat
     assert res.complete
     np.testing.assert_array_equal(res.support, expected)
     np.testing.assert_array_equal(res.support, result.support)  # the paper-mode map agrees
-    assert res.radius_px == dist
+    assert res.radius_px == int(res.far_distance[far]) == dist + 3  # every pixel of the far 4-px block is copied
     assert res.group_tests < res.rows * res.cols / 2  # far fewer tests than blocks: the split pays where sparse
 
 
@@ -110,7 +122,7 @@ def test_a_global_model_answers_within_after_one_group_test(natural32):
     assert res.meta["support_search"]["tests_run"] == 1
     assert res.forward_passes == len(model.seen) == 1 + 6 + 3
     full = cc.compute_support(model, natural32, task="sr2", roi=(8, 8, 8), block_size=2, **QUICK)
-    assert full.radius_px == int(full.distance.max())  # channel attention: every block reaches the ROI
+    assert full.radius_px == int(full.far_distance.max())  # channel attention: every pixel reaches the ROI
 
 
 def test_within_bounds_decide_the_receptive_field_property(natural32):
@@ -120,9 +132,9 @@ def test_within_bounds_decide_the_receptive_field_property(natural32):
     assert not inside.beyond_within
     ok = cc.check_receptive_field_within(inside, 6)
     assert ok.passed and ok.measured == 5 and "upper bound" in ok.note and ok.params == {"within": 5.0}
-    outside = cc.compute_support(model, natural32, within=1, **kw)  # something at 3 px (blocks of 2 px)
+    outside = cc.compute_support(model, natural32, within=1, **kw)  # something at 2 and 3 px
     bad = cc.check_receptive_field_within(outside, 1)
-    assert not bad.passed and bad.measured == 3 and "lower bound" in bad.note
+    assert not bad.passed and bad.measured == 2 and "lower bound" in bad.note  # some pixel at least 2 px away
     with pytest.raises(cc.CEMInputError, match=r"within=5 .* does not decide a bound of 2 px"):
         cc.check_receptive_field_within(inside, 2)
     with pytest.raises(cc.CEMInputError, match="its support radius was not searched"):
@@ -146,15 +158,15 @@ def natural64(natural32):
 
 
 def test_a_receptive_field_assertion_runs_only_the_support_stage(natural64):
-    model = Counting(ConvStack((1, 2, 1)))  # radius 4: support radius 1 px with blocks of 4 px
+    model = Counting(ConvStack((1, 2, 1)))  # radius 4 px (blocks of 4 px: its support is the adjacent ring)
     m = cc.LazyMap(_job(model, natural64))
     assert m.computed is None and model.seen == []
     out = cc.assert_receptive_field_within(m, radius=4)
-    assert m.computed == "support" and out.passed and out.measured == 1
+    assert m.computed == "support" and out.passed and out.measured == 4
     support = m.result
-    assert isinstance(support, cc.SupportResult) and support.radius_px == 1
-    # within=4: the ring beyond 1 px (on the full input); then the ring beyond 0 px, in a verified crop of the
-    # blocks within 1 px (one image checks the crop); the validation forward + 6 for the model checks
+    assert isinstance(support, cc.SupportResult) and support.radius_px == 4
+    # within=4: the pixels beyond 4 px (on the full input); then the pixels beyond 3 px, in a verified crop of the
+    # blocks within 4 px (one image checks the crop); the validation forward + 6 for the model checks
     assert support.meta["support_search"]["tests_run"] == 2
     assert len(model.seen) == support.forward_passes == 1 + 6 + 3 + 1 + 3
     assert support.meta["support_search"]["frame"]["crop"] is not None
@@ -166,12 +178,12 @@ def test_a_failing_receptive_field_assertion_names_blocks_tested_alone(natural64
     with pytest.raises(cc.CausalPropertyError) as err:
         cc.assert_receptive_field_within(m, radius=0)
     outcome = err.value.outcome
-    assert m.computed == "support" and outcome.measured == 1
+    assert m.computed == "support" and outcome.measured == 4
     assert outcome.worst_blocks and all(b.distance_px == 1 for b in outcome.worst_blocks)
     support = m.result
     for b in outcome.worst_blocks:
         assert support.support[b.row, b.col] and support.resolved[b.row, b.col]
-    assert "changes the ROI output when replaced alone" in err.value.args[0]
+    assert "changes the ROI output without other blocks (its pixels lie up to 4 px from the ROI" in err.value.args[0]
 
 
 def test_an_effect_property_runs_the_map_reusing_the_support_stage_with_no_test_repeated(natural64):
@@ -265,21 +277,24 @@ def test_bad_support_arguments_are_named(kw, words, natural32):
         cc.compute_support(ConvStack((1,)), natural32, task="dn25", roi=(8, 8, 8), **QUICK, **kw)
 
 
-def test_the_traced_graph_settles_rings_beyond_its_reach_and_crops_the_tests(natural32):
+def test_the_confirmed_traced_reach_settles_rings_beyond_it_and_crops_the_tests(natural32):
     model, task, roi, block = CASES["plain-r3"]  # ConvStack((1, 1, 1)): traced, reach 3 px
     kw = dict(task=task, roi=roi, block_size=block, batch_size=8, **QUICK)
     beyond = cc.compute_support(model, natural32, within=model.radius, **kw)
     info = beyond.meta["support_search"]
-    assert beyond.beyond_within is False and info["tests_run"] == 0 and beyond.group_tests == 0
-    assert info["reach"] == "traced: the ROI output reads the input box (y 9:19, x 9:19)"  # ROI 12:16 +- 3 px
-    assert beyond.resolved[beyond.distance > model.radius].all()  # no path of the graph leads from there
-    assert beyond.forward_passes == 1 + 6 + 1  # the validation forward, the model checks, the crop check
+    # one group test confirms the traced box: every pixel outside it replaced at once, on the full input
+    assert beyond.beyond_within is False and info["tests_run"] == 1 and beyond.group_tests == 1
+    assert info["reach"].startswith("traced and confirmed: the ROI output reads the input box (y 9:19, x 9:19)")
+    assert beyond.resolved[beyond.distance > model.radius].all()
+    # the validation forward, the model checks, the reach check's 3 draws, the crop check
+    assert beyond.forward_passes == 1 + 6 + 3 + 1
     inside = cc.compute_support(model, natural32, within=model.radius - 2, **kw)
     info = inside.meta["support_search"]
-    assert inside.beyond_within is True and info["tests_run"] == 1
+    assert inside.beyond_within is True and info["tests_run"] == 2
     assert info["frame"]["crop"] == [8, 8, 12, 12]  # the blocks the reach touches: the ring test ran there
     full = cc.compute_support(model, natural32, **kw)
     np.testing.assert_array_equal(full.support, full.distance <= model.radius)
+    assert full.radius_px == model.radius
 
 
 def test_a_model_the_trace_refuses_is_tested_on_the_whole_input(natural32):

@@ -13,6 +13,7 @@ for each chunk of draws. So a map does not depend on ``batch_size`` and a resume
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +30,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Phases of the support stage: their draws and verdicts are cached under the support key, which leaves out
 #: the settings of the estimation (mode, coarse, fine, tol_db), so a map reuses the group tests of a support run.
-SUPPORT_KINDS = ("ring", "kd", "kd-block")
+SUPPORT_KINDS = ("ring", "kd", "kd-block", "reach")
+
+
+@dataclass(frozen=True)
+class PixelMask:
+    """The input pixels an intervention writes (the others keep the input's values): ``pixels`` (h, w) bool on the
+    device, over the whole input; ``key`` names the mask in cache digests."""
+
+    key: str
+    pixels: torch.Tensor
 
 
 class Frame:
@@ -90,7 +100,11 @@ class Engine:
         self.support_cache = support_cache
         _, _, h, w = degraded.shape
         self.grid = BlockGrid(h, w, block_size)
-        self.distance = self.grid.distance(roi.footprint(self.scale))
+        footprint = roi.footprint(self.scale)
+        self.distance = self.grid.distance(footprint)  # (rows, cols): each block's nearest pixel
+        self.far_distance = self.grid.far_distance(footprint)  # (rows, cols): each block's farthest pixel
+        self.pixel_distance = self.grid.pixel_distance(footprint)  # (h, w): each input pixel
+        self._beyond_masks: dict[int, PixelMask] = {}
         tops, lefts = self.grid.tops_lefts()
         self.tops = torch.as_tensor(tops, device=device)
         self.lefts = torch.as_tensor(lefts, device=device)
@@ -124,11 +138,13 @@ class Engine:
 
     def run(self, frame: Frame, phase: Phase, item_of_pair: np.ndarray, block_of_pair: np.ndarray,
             patch_of_pair: torch.Tensor, n_items: int, local: "LocalDraws | None" = None,
-            batch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            batch: int | None = None, pixels: PixelMask | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run ``n_items`` interventions in ``frame``; intervention i replaces the blocks of its pairs.
 
         Pairs (item, block, patch) are sorted by item. Returns per-item PSNR drops (float64, dB, relative to
-        the same-shape baseline), whether the ROI output changed, and whether that verdict is exact. A normal
+        the same-shape baseline), whether the ROI output changed, and whether that verdict is exact. With
+        ``pixels`` an intervention writes only the pixels of its blocks that the mask holds (e.g. those farther
+        than d px from the ROI footprint, :meth:`beyond_mask`), keeping the rest of each block as it is. A normal
         forward is compared bit for bit with its baseline (exact). With ``local`` (single-block interventions
         only) the drops come from local evaluation (relative to its own baseline) and ``changed`` marks only
         the changes far above float rounding (see :mod:`.local`): not exact, so a block without such a change
@@ -144,7 +160,7 @@ class Engine:
             i1 = min(i0 + CHUNK, n_items)
             p0, p1 = starts[ci], starts[ci + 1]
             pairs = (item_of_pair[p0:p1] - i0, block_of_pair[p0:p1], patch_of_pair[p0:p1])
-            what = digest(*pairs, frame.box) if cache.enabled else ""
+            what = digest(*pairs, frame.box, *(() if pixels is None else (pixels.key,))) if cache.enabled else ""
             cached = None
             # A locally evaluated chunk is cached under its own name, so a chunk computed either way is found
             # again by a rerun (which takes the same path: the local-evaluation verdict is cached too).
@@ -163,7 +179,8 @@ class Engine:
                     else:
                         exact[i0:i1] = True
             if cached is None:
-                (cached,) = self._cached_chunk([frame], [cache], phase, ci, pairs, i1 - i0, what, batch=batch)
+                (cached,) = self._cached_chunk([frame], [cache], phase, ci, pairs, i1 - i0, what, batch=batch,
+                                               pixels=pixels)
             drops[i0:i1], changed[i0:i1] = cached
             self.progress.update(i1 - i0)
         return drops, changed, exact
@@ -182,23 +199,34 @@ class Engine:
             )
         return content, top, left
 
+    def beyond_mask(self, d: int) -> PixelMask:
+        """The input pixels farther than ``d`` px from the ROI footprint."""
+        if d not in self._beyond_masks:
+            self._beyond_masks[d] = PixelMask(f"beyond{d}", torch.as_tensor(self.pixel_distance > d, device=self.device))
+        return self._beyond_masks[d]
+
     def intervened(self, frame: Frame, n: int, items: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-                   content: torch.Tensor) -> torch.Tensor:
+                   content: torch.Tensor, pixels: PixelMask | None = None) -> torch.Tensor:
         """``n`` copies of the frame's input where pair i writes ``content[i]`` at the block (``top[i]``,
-        ``left[i]``) (input px) of copy ``items[i]``."""
+        ``left[i]``) (input px) of copy ``items[i]``; with ``pixels``, only on the pixels the mask holds (the
+        others keep the input's values)."""
         rows = (top - frame.y0)[:, None] + self._ar
         cols = (left - frame.x0)[:, None] + self._ar
         x = frame.x.expand(n, -1, -1, -1).clone()
         x[items[:, None, None, None], self._chans, rows[:, None, :, None], cols[:, None, None, :]] = content
+        if pixels is not None:
+            write = pixels.pixels[frame.y0: frame.y0 + frame.h, frame.x0: frame.x0 + frame.w]
+            x = torch.where(write, x, frame.x)
         return x
 
     def _cached_chunk(self, frames: list[Frame], caches: list[ChunkCache], phase: Phase, ci: int, pairs: tuple,
-                      n: int, what: str, batch: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                      n: int, what: str, batch: int | None = None,
+                      pixels: PixelMask | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Chunk ``ci``'s (drops, changes) for every frame: read from each frame's cache; when any cache lacks it,
         the chunk runs once (every frame scored on its forwards) and is written to the caches that lacked it."""
         got = [c.get(str(phase), ci, n, what) for c in caches]
         if any(g is None for g in got):
-            drops, changed = self._run_chunk_frames(frames, phase, ci, *pairs, n, batch=batch)
+            drops, changed = self._run_chunk_frames(frames, phase, ci, *pairs, n, batch=batch, pixels=pixels)
             for k, c in enumerate(caches):
                 if got[k] is None:
                     c.put(str(phase), ci, drops[k], changed[k], what=what)
@@ -206,7 +234,7 @@ class Engine:
         return got
 
     def _run_chunk_frames(self, frames: list[Frame], phase: Phase, ci: int, items, blocks, patches, n: int,
-                          batch: int | None = None):
+                          batch: int | None = None, pixels: PixelMask | None = None):
         """Run one chunk; every frame (same input window, its own ROI) is scored on the same forwards.
         Returns (len(frames), n) drops and changes."""
         dev = self.device
@@ -220,7 +248,7 @@ class Engine:
         while s0 < n:
             B = min(self.batch_size if batch is None else min(batch, self.batch_size), n - s0)
             p0, p1 = pair_starts[s0], pair_starts[s0 + B]
-            x = self.intervened(frame, B, items_t[p0:p1] - s0, top[p0:p1], left[p0:p1], content[p0:p1])
+            x = self.intervened(frame, B, items_t[p0:p1] - s0, top[p0:p1], left[p0:p1], content[p0:p1], pixels)
             try:
                 out = self.forward(x, f" ({phase}, draws {s0}..{s0 + B - 1} of chunk {ci})")
                 bases = [f.baseline(B) for f in frames]
@@ -287,13 +315,14 @@ class Engine:
             patches = self.patch_ids(phase, (nb * n_draws,))
         return np.arange(nb * n_draws), np.repeat(block_ids, n_draws), patches
 
-    def group_changed(self, phase: Phase, group: np.ndarray, draws: int, frame: Frame | None = None) -> bool:
+    def group_changed(self, phase: Phase, group: np.ndarray, draws: int, frame: Frame | None = None,
+                      pixels: PixelMask | None = None) -> bool:
         """Whether a joint intervention on every block of ``group`` changed the ROI output in any of ``draws``
-        (in ``frame``, default the full input). The draws run one image at a time: a verdict does not depend on
-        the batch shape, and the baseline of one image is the validation forward's, so it costs nothing."""
+        (in ``frame``, default the full input); with ``pixels``, on the blocks' pixels that the mask holds only. The draws run one image at a time: a verdict does not depend on the batch
+        shape, and the baseline of one image is the validation forward's, so it costs nothing."""
         k = len(group)
         items = np.repeat(np.arange(draws), k)
         blocks = np.tile(group, draws)
         patches = self.patch_ids(phase, (draws * k,))
-        _, changed, _ = self.run(frame or self.full, phase, items, blocks, patches, draws, batch=1)
+        _, changed, _ = self.run(frame or self.full, phase, items, blocks, patches, draws, batch=1, pixels=pixels)
         return bool(changed.any())

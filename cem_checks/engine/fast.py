@@ -77,6 +77,10 @@ def fast_prepare(eng: Engine, search: SupportSearch | None, coarse: int, tol: fl
     frame, crop_info = crop_frame(eng, candidates, opts)
     info.update(crop_info)
     local, info["local_eval"] = local_setup(eng, frame, np.flatnonzero(candidates), opts, tol)
+    check = info["local_eval"]["check"]
+    if search is not None and check.startswith(("failed", "unsupported")):
+        search.disable_reach(f"local evaluation's check of the traced graph {check}")
+        info["reach"] = search.reach_info
     return FastState(eng, candidates, frame, local, info)
 
 

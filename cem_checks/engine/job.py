@@ -24,7 +24,7 @@ import torch
 from ..cache import ChunkCache
 from ..devices import resolve_device
 from ..errors import CEMInputError, ImageError, PrecisionWarning, ROIError
-from ..grid import ROI
+from ..grid import ROI, BlockGrid
 from ..images import load_image
 from ..patches import load_patches
 from ..result import CEMResult, SupportResult
@@ -38,6 +38,7 @@ from .options import CHUNK, COARSE, FastOptions, validate_common, validate_int, 
 from .draws import Frame
 from .paper import paper_estimates, paper_estimates_shared
 from .runner import ModelRunner, auto_batch_size, torch_threads, validate_model, validate_output_range, model_name
+from .guard import preserved
 from .support import SupportSearch
 
 
@@ -108,6 +109,13 @@ class Job:
                 f"(1, 3, {h}, {w}) for scale {s}."
             )
         degraded = degraded.to(dev).contiguous()
+        grid = BlockGrid(h, w, b)
+        if not (grid.distance(roi.footprint(s)) > 0).any():
+            raise ROIError(
+                f"roi {roi.as_tuple()} covers every block of the {grid.cols}x{grid.rows} grid of {b}-px blocks over "
+                f"the {w}x{h} px input: no block lies outside it, so no property can measure anything; use a smaller "
+                "ROI, a larger image or a smaller block_size."
+            )
         self.degraded = degraded
         self.input_shape, self.output_shape = (h, w), (H, W)
         self.bank = load_patches(patches)
@@ -164,7 +172,7 @@ class Job:
         self.eng.progress = Progress.auto(self.progress_arg, self.label)
         self.eng.progress.stage(name)
         try:
-            with torch_threads(self.threads), self.runner.prepared():
+            with preserved(self.model), torch_threads(self.threads), self.runner.prepared():
                 self._start()
                 yield
             if record and name not in self.stages[-1:]:
@@ -316,8 +324,15 @@ class Job:
             forward_calls=runner.calls,
             pixels_processed=runner.pixels,
             meta=meta,
+            radius_px=self._pixel_radius(est),
             **self._common(),
         )
+
+    def _pixel_radius(self, est: Estimates) -> int | None:
+        """The pixel-exact support radius where the job's group tests decided it (None: paper mode, no search)."""
+        if self._search is not None and self._search.radius_known():
+            return self._search.radius()
+        return est.info.get("support_radius_px")
 
 
 def compute_cem(
