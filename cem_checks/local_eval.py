@@ -582,7 +582,13 @@ def _ops(gm) -> list[_Op]:
         elif not deps:
             op = _Op(n, "const")
         else:
-            geo, conv_like = _geometry(gm, n, deps, index)
+            try:
+                geo, conv_like = _geometry(gm, n, deps, index)
+            except Refused:
+                raise
+            except Exception as exc:  # an argument this plan cannot read: refused, naming the node
+                where = n.target if n.op == "call_module" else n.name
+                raise Refused(f"{where}: its arguments cannot be read as constants ({type(exc).__name__}: {exc})") from exc
             op = _Op(n, "op", [index[a] for a in deps], geo=geo, conv_like=conv_like)
             spatial.add(n)
         index[n] = len(ops)
@@ -604,12 +610,15 @@ class _Bound(Pointwise):
     ``deps`` order), constant nodes from the frame's baseline values (bound per frame), literals as traced."""
 
     def __init__(self, n, deps: list, fn: Callable, depends: bool = True):
-        super().__init__(self._call, depends)
+        super().__init__(None, depends)
         self.n, self.fn, self.pos = n, fn, {a: i for i, a in enumerate(deps)}
         self.resolve: Callable[[Any], Any] | None = None
 
     def bind(self, in_hws, resolve):
         self.resolve = resolve
+
+    def run(self, ins, out, reads):  # a method of its own (a copy per frame binds its own constants)
+        return self._call(ins)
 
     def _call(self, ins):
         def sub(a):
@@ -687,8 +696,20 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
     args = list(n.args)
     kw = dict(n.kwargs)
 
+    def constant(v):
+        """An argument where a constant is expected: a parameter or buffer read as its value (a 0-d tensor as a
+        number, e.g. ``F.pixel_shuffle(y, self.scale)`` with a buffer ``scale``); a value computed in the graph
+        is refused."""
+        if isinstance(v, (list, tuple)):
+            return type(v)(constant(u) for u in v)
+        if isinstance(v, torch.fx.Node) and v not in deps:
+            v = literal(v)
+        if isinstance(v, torch.Tensor) and v.ndim == 0:
+            return v.item()
+        return v
+
     def arg(i, key, default=None):
-        return kw[key] if key in kw else (args[i] if len(args) > i else default)
+        return constant(kw[key] if key in kw else (args[i] if len(args) > i else default))
 
     if fn is F.conv2d or fn is F.conv_transpose2d:
         if deps != [n.args[0]]:
@@ -710,7 +731,7 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
                          n.name), False
     if fn in (F.avg_pool2d, F.max_pool2d):
         cls = nn.AvgPool2d if fn is F.avg_pool2d else nn.MaxPool2d
-        return _pool(cls(*[literal(a) for a in args[1:]], **{k: literal(v) for k, v in kw.items()}), n.name), True
+        return _pool(cls(*[constant(a) for a in args[1:]], **{k: constant(v) for k, v in kw.items()}), n.name), True
     if fn is F.pad:
         value = arg(3, "value", None)
         return _pad(tuple(arg(1, "pad")), arg(2, "mode", "constant"), float(value or 0.0), n.name), False

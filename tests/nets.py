@@ -146,6 +146,23 @@ def jacobian_support(model: nn.Module, x: torch.Tensor, roi, scale: int, block: 
     return F.max_pool2d(dep[None, None], block)[0, 0] > 0
 
 
+def jacobian_radius(model: nn.Module, x: torch.Tensor, roi, scale: int, seed: int = 0) -> int:
+    """The pixel-exact support radius: the Chebyshev distance (input px) from the ROI footprint of the farthest
+    input pixel on which the ROI output depends (random projection of the Jacobian; exact for generic weights)."""
+    from cem_checks.grid import ROI, BlockGrid
+
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    rx, ry, s = roi
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out[:, :, ry : ry + s, rx : rx + s].shape, generator=g)
+    (out[:, :, ry : ry + s, rx : rx + s] * w).sum().backward()
+    dep = (x.grad[0].abs().sum(0) > 0).numpy()
+    h, w_ = dep.shape
+    dist = BlockGrid(h, w_, 1).pixel_distance(ROI(rx, ry, s).footprint(scale))
+    return int(dist[dep].max()) if dep.any() else 0
+
+
 #: The source of a module defining ``TinyNet`` (one 3x3 conv), for tests that write it to a folder of their own and
 #: pickle a whole ``TinyNet`` whose class is importable only from there.
 TINY_NET_SOURCE = """\

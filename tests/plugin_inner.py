@@ -30,7 +30,7 @@ def make_suite(pytester, body: str, name: str = "test_suite"):
     return pytester.makepyfile(**{name: PREAMBLE + dedent(body)})
 
 
-#: Two tests with a map and a property each (radius-2 model: support radius 1 px with blocks of 4 px;
+#: Two tests with a map and a property each (radius-2 model: support radius 2 px, exact in pixels;
 #: radius-5 model: 5 px): one property passes, one fails. The first asks only the receptive-field question, so
 #: only its support stage runs; the second reads an attribute of the map first, so its full map runs.
 TWO_PROPERTY_SUITE = """
