@@ -70,7 +70,7 @@ def test_merge_documents_keeps_every_test_in_file_order(shards):
     assert [t["source"] for t in merged["tests"]] == ["shard-a.json"] * 2 + ["shard-b.json"] * 2
     assert merged["summary"] == {"tests": 4, "maps": 4, "properties": 4, "failed_properties": 2, "exitstatus": 1}
     assert [m["source"] for m in merged["merged_from"]] == ["shard-a.json", "shard-b.json"]
-    assert [t["maps"][0]["support_radius_px"] for t in merged["tests"]] == [1, 1, 5, 5]
+    assert [t["maps"][0]["support_radius_px"] for t in merged["tests"]] == [2, 2, 5, 5]
 
 
 def test_cem_report_merges_shards_into_one_html(shards, tmp_path):
@@ -146,7 +146,7 @@ def test_cem_run_torchscript_writes_a_report(tmp_path, image):
     out = cem("run", "--model", tmp_path / "m.pt", "--image", image, *RUN, "--assert-receptive-field", "2",
               "-o", tmp_path / "report.html")
     assert out.returncode == 0, out.stderr
-    assert "receptive_field_within passed" in out.stdout and "support radius 1 px" in out.stdout
+    assert "receptive_field_within passed" in out.stdout and "support radius 2 px" in out.stdout
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     p = parse(html)
     assert [(r[0], r[2]) for r in p.rows] == [("passed", "receptive_field_within")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import torch
 
@@ -14,11 +16,16 @@ class FakeAllocator(torch.nn.Module):
 
     def __init__(self, inner, limit):
         super().__init__()
-        self.inner, self.limit, self.refusals = inner, limit, 0
+        # the count lives outside the model's own attributes: the engine restores those after each call
+        self.inner, self.limit, self.seen = inner, limit, types.SimpleNamespace(refusals=0)
+
+    @property
+    def refusals(self):
+        return self.seen.refusals
 
     def forward(self, x):
         if x.shape[0] > self.limit:
-            self.refusals += 1
+            self.seen.refusals += 1
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} images")
         return self.inner(x)
 

@@ -18,7 +18,7 @@ def test_cem_runs_the_engine_with_the_resolved_settings(pytester):
             direct = cc.compute_cem(model, IMG, **TINY, seed=3, mode="paper", patches=cem_patches, progress=False)
             assert (r.seed, r.mode, r.block_size, r.device) == (3, "paper", 4, "cpu")   # marker, CLI, marker
             assert np.array_equal(r.effect, direct.effect) and np.array_equal(r.support, direct.support)
-            assert cc.support_radius(r) == 1                                          # radius 2 px, blocks of 4
+            assert cc.support_radius(r) == 2                                          # radius 2 px, exact in pixels
             other = cem(model, IMG, seed=5)                                           # the call wins
             assert other.seed == 5 and cem.results == [r, other]
 

@@ -57,4 +57,4 @@ def test_map_panels_and_report_link_are_pytest_html_extras(pytester):
     assert ((img == OFFENDING_RGB).all(axis=-1)).sum() > 100
     (note,) = [e for e in extras["test_too_wide"] if e["format_type"] == "html"]
     assert "receptive_field_within" in note["content"]
-    assert "the support reaches 5 px; the bound is 1 px" in note["content"]
+    assert "the support reaches up to 5 px; the bound is 1 px" in note["content"]

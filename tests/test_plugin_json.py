@@ -24,10 +24,10 @@ def test_json_holds_every_cem_test_with_real_values(pytester):
     assert tests["test_plain"]["maps"] == tests["test_plain"]["properties"] == []
     assert "not available" in tests["test_absent_device"]["message"]
     local, wide = tests["test_local"], tests["test_too_wide"]
-    assert [m["support_radius_px"] for m in local["maps"] + wide["maps"]] == [1, 5]
+    assert [m["support_radius_px"] for m in local["maps"] + wide["maps"]] == [2, 5]
     assert all(m["settings"]["seed"] == 2 and m["grid"] == [8, 8] for m in local["maps"] + wide["maps"])
     (p_local,), (p_wide,) = local["properties"], wide["properties"]
-    assert (p_local["name"], p_local["passed"], p_local["measured"], p_local["bound"]) == ("receptive_field_within", True, 1, 2)
+    assert (p_local["name"], p_local["passed"], p_local["measured"], p_local["bound"]) == ("receptive_field_within", True, 2, 2)
     assert (p_wide["passed"], p_wide["measured"], p_wide["bound"]) == (False, 5, 1)
     assert p_wide["measured_text"] == "support_radius() = 5 px" and p_wide["bound_text"] == "<= 1 px"
     assert "out/results.json" in p_wide["map_hint"]  # the failure message says where the results are

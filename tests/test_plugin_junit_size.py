@@ -50,13 +50,13 @@ def test_default_junit_holds_scalar_summaries_under_4kb(suite, args):
     assert size < MAX_JUNIT_BYTES, f"junit.xml of one 32x32 map is {size} bytes"
     data = json.loads(props["cem"])
     (m,) = data["maps"]
-    assert m["stage"] == "map" and m["grid"] == [32, 32] and m["support_radius_px"] == 1
+    assert m["stage"] == "map" and m["grid"] == [32, 32] and m["support_radius_px"] == 2
     assert m["positive_blocks"] + m["negative_blocks"] + m["zero_blocks"] == 32 * 32
     assert m["effect_max_db"] > 0 and m["base_psnr_db"] > 0 and m["forward_passes"] > 0
     assert not {"effect_db", "support", "distance_px", "stderr_db", "images"} & set(m)
     (p,) = data["properties"]
-    assert (p["name"], p["passed"], p["measured"], p["bound"]) == ("receptive_field_within", True, 1, 2)
-    assert props["cem:receptive_field_within"] == "passed: support_radius() = 1 px; bound <= 2 px"
+    assert (p["name"], p["passed"], p["measured"], p["bound"]) == ("receptive_field_within", True, 2, 2)
+    assert props["cem:receptive_field_within"] == "passed: support_radius() = 2 px; bound <= 2 px"
     if args:  # the report and the JSON still get the full map
         doc = json.loads((suite.path / "r.json").read_text())
         (full,) = doc["tests"][0]["maps"]

@@ -34,15 +34,15 @@ def test_sweep_and_its_assertions_are_recorded(run):
     assert [(r["index"], r["image"], r["x"], r["y"], r["size"]) for r in sweep["items"]] == [
         (0, "left", 0, 0, 4), (1, "left", 8, 8, 4), (2, "right", 0, 0, 4), (3, "right", 8, 8, 4)]
     assert sweep["columns"][:6] == ["index", "image", "x", "y", "size", "texture_energy"]
-    assert all(r["support_radius_px"] == 1 for r in sweep["items"])  # radius-2 model, blocks of 4 px
+    assert all(r["support_radius_px"] == 2 for r in sweep["items"])  # radius-2 model, exact in pixels
     agg = sweep["aggregates"]
-    assert "wall_s" not in agg and "index" not in agg and agg["support_radius_px"]["max"] == 1
+    assert "wall_s" not in agg and "index" not in agg and agg["support_radius_px"]["max"] == 2
     assert agg["negative_fraction_mass"]["n"] == 4
     # the assertions: a passing assert_over and a failing check_over (the test passes: check_* never raises)
     local, hurt = sweep["assertions"]
     assert (local["name"], local["kind"], local["passed"], local["statistic"], local["measured"]) == (
-        "local_reach", "sweep", True, "max", 1.0)
-    assert local["measured_text"].startswith("max of support_radius_px over 4 items = 1 px (95% CI [1 px, 1 px])")
+        "local_reach", "sweep", True, "max", 2.0)
+    assert local["measured_text"].startswith("max of support_radius_px over 4 items = 2 px (95% CI [2 px, 2 px])")
     assert local["bound_text"] == "<= 2 px"
     assert hurt["name"] == "rarely_hurt" and hurt["passed"] is False and len(hurt["worst_items"]) == 4
     worst = hurt["worst_items"][0]
@@ -112,11 +112,11 @@ def test_call_keywords_win_and_support_stage_drops_map_settings(pytester):
     def test_support(cem_sweep):
         s = cem_sweep(ConvStack((1, 1)), IMAGES, rois=ROIS[:1], seed=3, stage="support", block_size=4, device="cpu")
         assert s.settings["seed"] == 3 and "mode" not in s.settings
-        cc.assert_over(s, "support_radius_px", at_most=1, statistic="max")
+        cc.assert_over(s, "support_radius_px", at_most=2, statistic="max")
     """)
     pytester.runpytest("--cem-json", "r.json").assert_outcomes(passed=1)
     (sweep,) = json.loads((pytester.path / "r.json").read_text())["tests"][0]["sweeps"]
-    assert sweep["stage"] == "support" and [r["support_radius_px"] for r in sweep["items"]] == [1, 1]
+    assert sweep["stage"] == "support" and [r["support_radius_px"] for r in sweep["items"]] == [2, 2]
     assert sweep["items"][0]["negative_fraction_mass"] is None
     assert sweep["worst_maps"][0]["map"]["stage"] == "support"
 

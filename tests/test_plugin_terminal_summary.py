@@ -27,7 +27,7 @@ def test_header_and_summary_section(pytester):
 def test_verbose_lists_passing_properties_and_plain_sessions_get_no_section(pytester):
     make_suite(pytester, MIXED_SUITE)
     verbose = pytester.runpytest("-v", "-k", "local")
-    verbose.stdout.fnmatch_lines(["passed test_suite.py::test_local receptive_field_within: measured support_radius() = 1 px; bound <= 2 px"])
+    verbose.stdout.fnmatch_lines(["passed test_suite.py::test_local receptive_field_within: measured support_radius() = 2 px; bound <= 2 px"])
     plain = pytester.runpytest("-k", "plain")
     assert "causal properties" not in plain.stdout.str()
 
@@ -41,7 +41,7 @@ def test_a_failing_property_shows_its_message_not_library_frames(pytester):
         "E       cem_checks.checks.CausalPropertyError: causal property 'receptive_field_within' FAILED:*",
         "E         measured: support_radius() = 5 px",
         "E         bound:    <= 1 px",
-        "E         run:      model=ConvStack task=dn25 roi=(8, 8, 8) block_size=4 scale=1 seed=0 mode=fast device=cpu",
+        "E         run:      model=ConvStack task=dn25 roi=(8, 8, 8) block_size=4 scale=1 seed=0 device=cpu",  # the support stage: no map mode
         "test_suite.py:*: CausalPropertyError",
     ])
     assert "cem_checks/checks.py" not in out and "_finish" not in out

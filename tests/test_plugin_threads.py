@@ -13,15 +13,17 @@ pytest_plugins = ["pytester"]
 
 SUITE = """
     import os
+    import types
 
     class Spy(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
-            self.seen = set()
+            # kept outside the model's own attributes: the engine restores those after each call
+            self.log = types.SimpleNamespace(seen=set())
 
         def forward(self, x):
-            self.seen.add(torch.get_num_threads())
+            self.log.seen.add(torch.get_num_threads())
             return self.conv(x) * 0.1 + x
 
     @pytest.mark.cem(**TINY)
@@ -31,7 +33,7 @@ SUITE = """
         before = torch.get_num_threads()
         cem(spy, IMG).map()
         assert torch.get_num_threads() == before  # restored after the map
-        assert spy.seen == {int(os.environ["EXPECTED_THREADS"])}, spy.seen
+        assert spy.log.seen == {int(os.environ["EXPECTED_THREADS"])}, spy.log.seen
 """
 
 
@@ -56,6 +58,8 @@ def test_without_xdist_the_threads_are_left_alone_unless_asked(pytester, monkeyp
     import torch
 
     make_suite(pytester, SUITE)
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):  # this suite itself may run under xdist
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("EXPECTED_THREADS", str(torch.get_num_threads()))
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
     monkeypatch.setenv("EXPECTED_THREADS", "1")

@@ -75,7 +75,7 @@ def test_failures_outlines_counts_and_width(run, tmp_path):
                 assert first.query_selector("td.measured").text_content() == "support_radius() = 5 px"
                 assert first.query_selector("td.bound").text_content() == "<= 1 px"
                 assert first.query_selector("td.hint").text_content().startswith(
-                    "the support reaches 5 px; the bound is 1 px: the model uses context up to 5 px")
+                    "the support reaches up to 5 px; the bound is 1 px: the model uses context up to 5 px")
                 font = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector("
                                      "'.colorbar-box .ends span')).fontSize)")
                 assert font >= 12

@@ -38,7 +38,7 @@ def _receptive_field(m: float, b: float, p: dict) -> str:
         return (f"blocks farther than {_px(float(p['within']))} (the nearest at {_px(m)}) change the ROI output; the "
                 f"bound is {_px(b)}: the model uses context beyond the bound: raise the bound if intended, or inspect "
                 "the outlined blocks")
-    return (f"the support reaches {_px(m)}; the bound is {_px(b)}: the model uses context up to {_px(m)}: raise the "
+    return (f"the support reaches up to {_px(m)}; the bound is {_px(b)}: the model uses context up to {_px(m)}: raise the "
             "bound if intended, or inspect the outlined blocks")
 
 
