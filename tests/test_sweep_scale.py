@@ -251,11 +251,13 @@ def test_dask_distributed_executor(whole):
 
 
 def test_a_pool_worker_runs_its_maps_on_its_own_device(monkeypatch):
-    monkeypatch.setattr(S, "_WORKER_DEVICE", None)
+    import cem_checks.sweeps.execution as E  # the module of the workers' state
+
+    monkeypatch.setattr(E, "_WORKER_DEVICE", None)
     slots: queue.Queue = queue.Queue()
     slots.put("cpu")
-    S._init_worker(slots, None)  # what a worker of a local pool runs first
-    assert S._WORKER_DEVICE == "cpu"
+    E._init_worker(slots, None)  # what a worker of a local pool runs first
+    assert E._WORKER_DEVICE == "cpu"
     # the worker's device replaces the sweep's: no machine here has 'cuda:7'
     out = S.run_image(_model(), "a", _noise(1), [(0, 0, 8)], "map", {**MAP, "device": "cuda:7"})
     assert out[0].device == "cpu"
