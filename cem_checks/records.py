@@ -808,6 +808,20 @@ def _check_object_fields(record: dict, keys: Sequence[str], where: str) -> None:
             raise ResultsFileError(f"{where}: {key} is {describe_value(record[key])}; expected a JSON object. {_REDO}")
 
 
+def _check_property(p: Any, where: str) -> None:
+    """:class:`ResultsFileError` unless ``p`` is a property record the report and the summaries can count: a JSON
+    object whose ``settings`` is an object (or absent) and whose ``passed`` is true or false (a string such as
+    ``"no"`` would count as passed)."""
+    if not isinstance(p, dict) or not isinstance(p.get("settings") or {}, dict):
+        raise ResultsFileError(
+            f"{where} is {describe_value(p)}; expected a property record (a JSON object, its settings an object). "
+            f"{_REDO}")
+    if not isinstance(p.get("passed"), bool):
+        got = describe_value(p["passed"]) if "passed" in p else "absent"
+        raise ResultsFileError(
+            f"{where} ({p.get('name')}): passed is {got}; expected true or false (the property's verdict). {_REDO}")
+
+
 def _check_sweep(s: Any, where: str) -> None:
     """:class:`ResultsFileError` unless the sweep record ``s`` holds what the report reads in the types it reads:
     ``stage`` (map or support), ``settings`` / ``counts`` / ``aggregates`` objects, ``shard`` null or ``[K, N]``,
@@ -834,7 +848,9 @@ def _check_sweep(s: Any, where: str) -> None:
             if not isinstance(row, dict):
                 raise ResultsFileError(
                     f"{where}: {key}[{k}] is {describe_value(row)}; expected a JSON object. {_REDO}")
-            if key == "items":
+            if key == "assertions":
+                _check_property(row, f"{where}: assertions[{k}]")
+            elif key == "items":
                 bad = next(((c, v) for c, v in row.items()
                             if not (v is None or _is(v, (int, float, str, bool, list)))), None)
                 if bad is not None:
@@ -879,10 +895,8 @@ def check_document(document: Any, source: str = "the document") -> dict[str, Any
                     _check_map(item, f"{test}, map {k + 1}")
                 elif key == "sweeps":
                     _check_sweep(item, f"{test}, sweep {k + 1}")
-                elif not isinstance(item, dict) or not isinstance(item.get("settings") or {}, dict):
-                    raise ResultsFileError(
-                        f"{test}: property {k + 1} is {describe_value(item)}; expected a property record (a JSON "
-                        f"object, its settings an object). {_REDO}")
+                else:
+                    _check_property(item, f"{test}: property {k + 1}")
     return document
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CEMInputError, ImageError, ROIError, describe_value, validate_int
+from ..errors import CEMInputError, DuplicateROIWarning, ImageError, ROIError, describe_value, validate_int
 from .table import _json_safe
 
 #: Version of what a sweep's cache key covers; bump when the item files change meaning.
@@ -147,15 +148,35 @@ def _key_value(key: str, value: Any) -> Any:
     return digest(value)
 
 
+def _rois_of(rois: Any, name: str, clean: Any) -> tuple[Any, str]:
+    """``(ROIs, what gave them)`` of the image ``name``: ``rois`` itself, or what the callable ``rois`` returns for
+    its clean pixels; an error inside the callable becomes a :class:`ROIError` naming the image and the callable,
+    with the original as its cause."""
+    if not callable(rois):
+        return rois, "rois"
+    try:
+        return rois(clean), f"rois({name!r})"
+    except Exception as exc:  # any error of the caller's callable
+        what = getattr(rois, "__qualname__", type(rois).__name__)
+        raise ROIError(
+            f"the rois callable {what} raised {type(exc).__name__} for image {name!r}: {exc}. It receives the image's "
+            "clean (3, H, W) tensor in [0, 1] and must return a list of (x, y, size) ROIs in output px; the original "
+            "error is the cause of this one."
+        ) from exc
+
+
 def _make_items(loaded: list, rois: Any, task: Any, block: int) -> tuple[list, dict]:
     """The items ``(index, image name, roi)`` of every image, each ROI validated against its image as the engine
-    trims it, and each image's hash (of its trimmed clean pixels)."""
+    trims it, and each image's hash (of its trimmed clean pixels). A ROI given twice for one image is kept once
+    (the first time), with a :class:`~cem_checks.errors.DuplicateROIWarning`: twice, it would count twice in the
+    sweep's table and statistics."""
     from ..cache import hash_tensor
     from ..grid import ROI
 
     scale = int(task.scale)
     unit = scale * block
     items: list[tuple[int, str, tuple[int, int, int]]] = []
+    duplicates: list[str] = []
     hashes: dict[str, str] = {}
     for name, clean in loaded:
         cropped = task.crop(clean)
@@ -164,7 +185,7 @@ def _make_items(loaded: list, rois: Any, task: Any, block: int) -> tuple[list, d
         if H == 0 or W == 0:
             raise ImageError(f"image {name!r} ({W0}x{H0} px) is smaller than one block of {block} input px ({unit} "
                              "output px); use larger images or a smaller block_size.")
-        got, source = (rois(clean), f"rois({name!r})") if callable(rois) else (rois, "rois")
+        got, source = _rois_of(rois, name, clean)
         if isinstance(got, (str, bytes)) or not isinstance(got, Iterable):
             raise ROIError(f"{source} is {describe_value(got)}; expected a list of (x, y, size) ROIs in output px, e.g. "
                            "[(0, 0, 16), (16, 0, 16)] or cem_checks.roi_grid(image.shape[-2:], 16), or a callable "
@@ -174,6 +195,7 @@ def _make_items(loaded: list, rois: Any, task: Any, block: int) -> tuple[list, d
             raise ROIError("rois=[] is empty; give at least one (x, y, size) ROI, e.g. rois=cem_checks.roi_grid((H, W), 16).")
         size_text = f"{W}x{H} px" if (H, W) == (H0, W0) else \
             f"{W}x{H} px, trimmed from {W0}x{H0} so that whole {block}-px blocks tile the input"
+        seen: dict[tuple, int] = {}
         for j, roi in enumerate(got):
             if isinstance(roi, np.ndarray):  # a row of an (n, 3) array
                 roi = tuple(roi.tolist())
@@ -182,8 +204,18 @@ def _make_items(loaded: list, rois: Any, task: Any, block: int) -> tuple[list, d
                 r.validate((H, W), scale)
             except ROIError as exc:
                 raise ROIError(f"{source}[{j}] for image {name!r} ({size_text}): {exc}") from None
+            if r.as_tuple() in seen:
+                duplicates.append(f"image {name!r} roi {r.as_tuple()} ({source}[{seen[r.as_tuple()]}] and [{j}])")
+                continue
+            seen[r.as_tuple()] = j
             items.append((len(items), name, r.as_tuple()))
         hashes[name] = hash_tensor(cropped[:, :H, :W].contiguous())
+    if duplicates:
+        shown = "; ".join(duplicates[:5]) + ("; ..." if len(duplicates) > 5 else "")
+        n = len(duplicates)
+        warnings.warn(f"{n} ROI{'s' if n > 1 else ''} repeated an earlier ROI of the same image and {'were' if n > 1 else 'was'} "
+                      f"left out (each item is computed and counted once): {shown}. Pass each ROI of an image once.",
+                      DuplicateROIWarning, stacklevel=3)
     if not items:
         raise ROIError(f"the rois callable returned no ROI for any of the {len(loaded)} images; return at least one "
                        "(x, y, size) ROI for some image.")

@@ -37,6 +37,10 @@ def sweep(model: Any, images: Any, *, task: Any, rois: Any, stage: str = "map", 
             image as a float (3, H, W) tensor in [0, 1] and returning its list (e.g. :func:`roi_sample`).
             Every ROI must lie inside its image as the engine trims it (whole blocks tile the input) and be
             aligned with the task's scale (:class:`~cem_checks.errors.ROIError` naming the image and the ROI).
+            An error raised by the callable becomes a :class:`~cem_checks.errors.ROIError` naming the image and
+            the callable (the original is its ``__cause__``). A ROI repeated for one image is kept once, with a
+            :class:`~cem_checks.errors.DuplicateROIWarning` naming it (twice, it would count twice in the table
+            and in every statistic over it).
         stage: ``"map"`` (:func:`~cem_checks.compute_cem` per item) or ``"support"``
             (:func:`~cem_checks.compute_support`, ``within`` None unless given: the support radius).
         workers: run the images on a local process pool (spawn) of that many CPU processes, each with torch
