@@ -52,11 +52,20 @@ EXIT_CODES = {
 
 REPORT_HELP = """\
 Render one HTML report from one or more JSON results files (pytest --cem-json, cem run -o FILE.json).
-Several files are merged, as the shards of one CI matrix run on different machines: every test, map and property
-outcome of every file, in file order, with the summary counts recomputed. A test id present in more than one
-file is kept from each and labelled with its source file name, e.g. "test_x.py::test_a [shard-2.json]".
-The shards of a sweep (pytest --cem-shard K/N on each machine) merge into one sweep: its items in index order,
-its aggregates recomputed (the same as an unsharded run's), the assertions of each shard kept.
+Several files are merged.
+
+The shards of one run (pytest --cem-shard K/N --cem-json shard-K.json on each machine) merge into the results of
+the whole run: every test once (a cem_sweep test, which runs on every shard, becomes one entry: its sweeps joined
+into the whole sweeps, their assertions recomputed over all the items, its outcome the worst of its shards'), so
+the counts are those of an unsharded run. Refused (exit code 2, naming the field): the same shard twice, shards
+of another N, shards that differ in seed, mode, patches, shard_by or shard_scope, a shard beside a file that is
+not one, and the shards of two different sweeps under one test (another model id, settings or split). Missing
+shards (a lone 0/2 included) are merged and named in a note.
+
+Other files are runs of their own (e.g. split by pytest-split without --cem-shard): every test, map and property
+outcome of every file, in file order, with the summary counts recomputed. A test id present in more than one file
+is kept from each and labelled with its source file name, e.g. "test_x.py::test_a [run-2.json]".
+
 "cem report merge a.json b.json -o report.html" is the same as "cem report a.json b.json -o report.html".
 An output ending in .json writes the merged JSON results instead of HTML (.html or .htm); another extension is
 refused.
@@ -505,6 +514,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import CEMError
     from .records import load_document, merge_documents, recount_summary
+    from .shards import document_shard
 
     files = list(args.files)
     if files[0] == "merge" and not Path("merge").is_file():
@@ -518,10 +528,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
         documents = [load_document(f) for f in files]
-        # the summary is always recounted from the tests (merge_documents does it for several files)
-        document = recount_summary(documents[0]) if len(documents) == 1 else merge_documents(documents, files)
+        # the summary is always recounted from the tests (merge_documents does it for several files, and for a lone
+        # shard of a run, whose missing shards it notes)
+        whole = len(documents) == 1 and document_shard(documents[0]) is None
+        document = recount_summary(documents[0]) if whole else merge_documents(documents, files)
     except (CEMError, OSError) as exc:
         return _error(str(exc))
+    for note in document.get("merge_notes") or []:
+        print(f"cem: note: {note}", file=sys.stderr)
     for f, doc in zip(files, documents):
         stored, counted = doc.get("summary") or {}, recount_summary(doc)["summary"]
         wrong = [f"{stored.get(k)!r} {k.replace('_', ' ')} (its tests hold {counted[k]})"
@@ -534,8 +548,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _error(f"cannot write -o {str(out)!r}: {exc}")
     s = document.get("summary") or {}
+    shards = document.get("shards")
+    of = f" (shards {', '.join(map(str, shards['merged']))} of {shards['n']})" if shards else ""
     print(
-        f"{len(files)} results file{'' if len(files) == 1 else 's'}: {s.get('tests')} tests, {s.get('maps')} maps, "
+        f"{len(files)} results file{'' if len(files) == 1 else 's'}{of}: {s.get('tests')} tests, {s.get('maps')} maps, "
         f"{s.get('properties')} properties ({s.get('failed_properties')} failed) -> {written}"
     )
     for t in document.get("tests") or []:

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 
 import pytest
 
 from .fixtures import (cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches,  # noqa: F401
                        cem_settings, cem_sweep)
 from .options import OPTIONS, Sources, resolve_settings
+from .sharding import SCOPE_KEY, effective_scope, restore_held
 from .session import (BASE_SETTINGS_KEY, REPORT_ATTRIBUTE, SOURCES_KEY, CEMSession, check_output_paths, full_records,
                       html_report_path, records_for, settings_for)
+
+#: the test selection of --cem-shard (a module of its own: its collection hook runs trylast, see there)
+pytest_plugins = ["pytest_cem.sharding"]
 
 _SESSION_PLUGIN = "cem_session"
 _ISOLATION_KEY = pytest.StashKey[ExitStack]()
@@ -50,6 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
             check_output_paths(settings)
     except ValueError as exc:  # cem_checks.errors.SettingsError
         raise pytest.UsageError(str(exc)) from None
+    scope = effective_scope(config, settings.shard_scope, settings.shard)
+    config.stash[SCOPE_KEY] = scope
+    settings = replace(settings, shard_scope=scope)  # the results file records what was split
     config.stash[SOURCES_KEY] = sources
     config.stash[BASE_SETTINGS_KEY] = settings
     if controller:
@@ -78,6 +86,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"cem: cem_checks {cem_checks.__version__}, torch {torch.__version__}, default device {s.device} -> {device}, "
         f"mode {s.mode}, seed {s.seed}, batch size {s.batch_size}"
     ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list):
+    # --cem-shard beside pytest-split: the cem_sweep tests held out of its split are put back after it
+    order = {id(item): k for k, item in enumerate(items)}
+    result = yield
+    restore_held(config, items, order)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)

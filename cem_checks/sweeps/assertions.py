@@ -276,6 +276,24 @@ def _over(sweep_or_frame: Any, metric: Any, at_most: Any, at_least: Any, statist
     if hi is not None and lo is not None and lo > hi:
         raise CEMInputError(f"at_least={lo:g} is above at_most={hi:g}; give at_least <= at_most.")
     values, labels, metric_name, unit, settings = _values(sweep_or_frame, metric, params)
+    outcome = outcome_of_values(values, labels, metric=metric_name, unit=unit, settings=settings, name=name,
+                                statistic=label, at_most=hi, at_least=lo, confidence=confidence, n_boot=n_boot,
+                                seed=seed, decision=decision, params=params)
+    for out in _COLLECTORS.get():
+        out.append(outcome)
+    return outcome
+
+
+def outcome_of_values(values: np.ndarray, labels: list, *, metric: str, unit: str, settings: dict, name: str | None,
+                      statistic: str, at_most: float | None, at_least: float | None, confidence: float, n_boot: int,
+                      seed: int, decision: str, params: dict) -> OverOutcome:
+    """The :class:`OverOutcome` of a statistic of per-item ``values`` (in item index order; ``labels`` the
+    ``(image, roi)`` of each item), with validated settings: what :func:`check_over` decides once it has the
+    values, and what the merge of a sweep's shards recomputes over the whole sweep
+    (:func:`cem_checks.records.merge_documents`): the same values in the same order give the same outcome."""
+    label, f = _statistic(statistic)
+    hi, lo, metric_name = at_most, at_least, metric
+    values = np.asarray(values, dtype=np.float64)
     n = values.size
     nan = np.isnan(values)
     note = ""
@@ -317,8 +335,6 @@ def _over(sweep_or_frame: Any, metric: Any, at_most: Any, at_least: Any, statist
         settings=_json_safe(settings),
         note=note, values=tuple(float(v) for v in values),
     )
-    for out in _COLLECTORS.get():
-        out.append(outcome)
     return outcome
 
 

@@ -299,6 +299,11 @@ class Sweep:
         if len(ns) > 1:
             raise CEMInputError(f"the sweeps are shards of different splits (N in {sorted(ns)}); merge the K/N shards "
                                 "of one split.")
+        by = {str((s.settings.get("execution") or {}).get("shard_by", "item")) for s in parts if s.shard is not None}
+        if len(by) > 1:
+            raise CEMInputError(f"the sweeps were split by different rules (shard_by {' and '.join(map(repr, sorted(by)))}"
+                                "), so their shards hold overlapping items; merge the shards of one split (the same "
+                                "shard_by and N).")
         pairs: dict[int, tuple] = {}
         for k, s in enumerate(parts):
             for item, r in zip(s.items, s.results):
