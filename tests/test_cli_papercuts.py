@@ -9,28 +9,13 @@ import sys
 import pytest
 import torch
 
-from cem_checks.cli import main
 from cem_checks.errors import ROIError
 from nets import ConvStack
 
-JOB = ["--task", "dn25", "--roi", "8,8,8", "--block-size", "4", "--device", "cpu"]
+from test_cli_gate import JOB, cem, model_args  # noqa: F401 (model_args: a fixture)
+
 #: each command's extra flags and a good output name
 COMMANDS = {"map": ([], "m.npz"), "run": ([], "r.html"), "gate": (["--within", "3"], "g.json")}
-
-
-@pytest.fixture
-def model_args(tmp_path, natural32_png) -> list[str]:
-    torch.save(ConvStack().state_dict(), tmp_path / "sd.pt")  # what nets:ConvStack builds
-    return ["--model", str(tmp_path / "sd.pt"), "--arch", "nets:ConvStack", "--image", str(natural32_png), *JOB]
-
-
-def cem(capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
