@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import cem_checks as cc
-import cem_checks.sweeps as S
+import cem_checks.sweeps.execution as S  # the module whose run_image the sweep calls (timed below)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -98,3 +98,7 @@ class UntrustedCheckpointError(CheckpointError):
 class ResultsFileError(CEMInputError):
     """A results file (``--cem-json``) cannot be read: missing, not JSON, not a results document, or of another
     format version."""
+
+
+class DuplicateROIWarning(CEMWarning):
+    """A sweep was given the same ROI of an image more than once: it is computed and counted once."""

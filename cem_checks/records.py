@@ -73,6 +73,7 @@ from .checks import PropertyOutcome, _fmt, run_settings
 from .errors import CEMInputError, ResultsFileError, describe_value
 from .result import CEMResult, SupportResult, _json_safe
 from .reporting.images import DEFAULT_MAX_IMAGE_PX, check_max_image_px, embed_image
+from .shards import document_shard, merge_shard_documents
 from .tasks import parse_task
 
 RESULTS_FORMAT = "pytest-cem-results"
@@ -511,14 +512,30 @@ def sweep_scalars(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sweep_identity(record: dict) -> str:
-    """What the shards of one sweep share: stage, model, settings (but ``execution``: how each shard ran), columns
-    and the number of shards."""
+def _sweep_fields(record: dict) -> dict[str, Any]:
+    """What the shards of one sweep share, by field: stage, model, columns, every setting (but ``execution``: how
+    each shard ran, except its ``shard_by``: how the items were split) and N, the number of shards."""
     shard = record.get("shard")
-    n = shard[1] if isinstance(shard, list) and len(shard) == 2 else None
-    settings = {k: v for k, v in (record.get("settings") or {}).items() if k != "execution"}
-    return json.dumps([record.get("stage"), record.get("model"), settings, record.get("columns"), n],
-                      sort_keys=True, default=str)
+    settings = record.get("settings") or {}
+    out = {"stage": record.get("stage"), "model": record.get("model"), "columns": record.get("columns"),
+           "shard N": shard[1] if isinstance(shard, list) and len(shard) == 2 else None,
+           "settings.execution.shard_by": (settings.get("execution") or {}).get("shard_by", "item")}
+    out.update({f"settings.{k}": v for k, v in settings.items() if k != "execution"})
+    return out
+
+
+def _sweep_identity(record: dict) -> str:
+    return json.dumps(_sweep_fields(record), sort_keys=True, default=str)
+
+
+def sweep_difference(a: dict, b: dict) -> str | None:
+    """The first field (:func:`_sweep_fields`) in which the sweep records ``a`` and ``b`` differ, with both values
+    (``"settings.seed (0 vs 1)"``); None when they could be shards of one sweep."""
+    fa, fb = _sweep_fields(a), _sweep_fields(b)
+    for key in sorted(set(fa) | set(fb)):
+        if fa.get(key) != fb.get(key):
+            return f"{key} ({describe_value(fa.get(key), 60)} vs {describe_value(fb.get(key), 60)})"
+    return None
 
 
 def _sum_counts(counts: Sequence[dict]) -> dict[str, Any]:
@@ -546,12 +563,16 @@ def merge_sweeps(records: Sequence[dict], labels: Sequence[str] | None = None) -
     shards = [r.get("shard") for r in records]
     if not all(isinstance(s, list) and len(s) == 2 for s in shards):
         raise CEMInputError(f"merge_sweeps merges the shards of one sweep; got shard={shards!r} (each must be [K, N]).")
-    ids = {_sweep_identity(r) for r in records}
     ks = [s[0] for s in shards]
-    if len(ids) > 1 or len(set(ks)) != len(ks):
-        raise CEMInputError(
-            "merge_sweeps got records that are not distinct shards of one sweep (different stage, model, settings, "
-            f"columns or N, or a shard twice: shards {shards!r}); merge only the shards of one sweep.")
+    for i, r in enumerate(records[1:], 1):
+        diff = sweep_difference(records[0], r)
+        if diff is not None:
+            raise CEMInputError(f"merge_sweeps got records that are not shards of one sweep: records 0 and {i} differ "
+                                f"in {diff}; merge only the shards of one sweep.")
+    twice = sorted({k for k in ks if ks.count(k) > 1})
+    if twice:
+        raise CEMInputError(f"merge_sweeps got shard {twice[0]}/{shards[0][1]} more than once (shards {shards!r}); "
+                            "merge each shard once.")
     labels = list(labels) if labels is not None else [None] * len(records)
     order = sorted(range(len(records)), key=lambda i: ks[i])
     items = sorted((it for i in order for it in records[i].get("items") or []),
@@ -808,6 +829,20 @@ def _check_object_fields(record: dict, keys: Sequence[str], where: str) -> None:
             raise ResultsFileError(f"{where}: {key} is {describe_value(record[key])}; expected a JSON object. {_REDO}")
 
 
+def _check_property(p: Any, where: str) -> None:
+    """:class:`ResultsFileError` unless ``p`` is a property record the report and the summaries can count: a JSON
+    object whose ``settings`` is an object (or absent) and whose ``passed`` is true or false (a string such as
+    ``"no"`` would count as passed)."""
+    if not isinstance(p, dict) or not isinstance(p.get("settings") or {}, dict):
+        raise ResultsFileError(
+            f"{where} is {describe_value(p)}; expected a property record (a JSON object, its settings an object). "
+            f"{_REDO}")
+    if not isinstance(p.get("passed"), bool):
+        got = describe_value(p["passed"]) if "passed" in p else "absent"
+        raise ResultsFileError(
+            f"{where} ({p.get('name')}): passed is {got}; expected true or false (the property's verdict). {_REDO}")
+
+
 def _check_sweep(s: Any, where: str) -> None:
     """:class:`ResultsFileError` unless the sweep record ``s`` holds what the report reads in the types it reads:
     ``stage`` (map or support), ``settings`` / ``counts`` / ``aggregates`` objects, ``shard`` null or ``[K, N]``,
@@ -834,7 +869,9 @@ def _check_sweep(s: Any, where: str) -> None:
             if not isinstance(row, dict):
                 raise ResultsFileError(
                     f"{where}: {key}[{k}] is {describe_value(row)}; expected a JSON object. {_REDO}")
-            if key == "items":
+            if key == "assertions":
+                _check_property(row, f"{where}: assertions[{k}]")
+            elif key == "items":
                 bad = next(((c, v) for c, v in row.items()
                             if not (v is None or _is(v, (int, float, str, bool, list)))), None)
                 if bad is not None:
@@ -879,10 +916,8 @@ def check_document(document: Any, source: str = "the document") -> dict[str, Any
                     _check_map(item, f"{test}, map {k + 1}")
                 elif key == "sweeps":
                     _check_sweep(item, f"{test}, sweep {k + 1}")
-                elif not isinstance(item, dict) or not isinstance(item.get("settings") or {}, dict):
-                    raise ResultsFileError(
-                        f"{test}: property {k + 1} is {describe_value(item)}; expected a property record (a JSON "
-                        f"object, its settings an object). {_REDO}")
+                else:
+                    _check_property(item, f"{test}: property {k + 1}")
     return document
 
 
@@ -944,8 +979,35 @@ def _merge_sweep_shards(tests: list[dict], original: list[str]) -> None:
             tests[ti].pop("sweeps")
 
 
+def _concatenate(documents: Sequence[dict], labels: Sequence[str]) -> list[dict]:
+    """The tests of whole documents (not shards of one run), in order, each labelled with its source; a node id
+    present in several documents kept from each as ``"<nodeid> [<source>]"``; the shards of a sweep made with
+    ``cem_sweep(..., shard=...)`` in different documents merged (:func:`_merge_sweep_shards`)."""
+    seen: dict[str, int] = {}
+    for doc in documents:
+        for nodeid in {str(t["nodeid"]) for t in doc["tests"]}:
+            seen[nodeid] = seen.get(nodeid, 0) + 1
+    tests, original = [], []
+    for doc, label in zip(documents, labels):
+        for t in doc["tests"]:
+            entry = dict(t)
+            entry["source"] = label
+            if seen[str(t["nodeid"])] > 1:
+                entry["nodeid"] = f"{t['nodeid']} [{label}]"
+            tests.append(entry)
+            original.append(str(t["nodeid"]))
+    _merge_sweep_shards(tests, original)
+    return tests
+
+
 def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = None) -> dict[str, Any]:
     """One results document holding every test of ``documents`` (e.g. the shards of a CI matrix), in order.
+
+    Documents written by ``pytest --cem-shard K/N`` (``settings.shard`` ``[K, N]``) are the shards of one run and
+    merge into the results of the whole run (:mod:`cem_checks.shards`: each test once, the sweeps whole with their
+    assertions recomputed, ``shards`` saying which were merged and which are missing; refused with
+    :class:`ResultsFileError` naming the field for the same shard twice, another N, another seed, ...). Any other
+    documents are concatenated as follows.
 
     The shards of a sweep (``--cem-shard K/N``: the same test, the same position among its sweeps, one N, distinct
     K's, equal stage, model and settings) become one sweep record (:func:`merge_sweeps`: the whole sweep's table and
@@ -957,7 +1019,8 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
     and labelled with its source: ``"<nodeid> [<source>]"``. The summary is recomputed (``exitstatus``: the
     largest of the documents', None when none has one); ``settings`` and ``environment`` are the first
     document's, and ``merged_from`` lists each source with its settings, environment and summary (recounted from
-    its tests, :func:`recount_summary`).
+    its tests, :func:`recount_summary`). ``merge_notes`` lists what the reader should know of the merge (missing
+    shards, sweeps whose model could not be checked); empty for whole documents.
 
     Args:
         documents: results documents (each checked with :func:`check_document`).
@@ -974,19 +1037,8 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
     for doc, src in zip(documents, sources):
         check_document(doc, src)
     labels = _labels(sources)
-    seen: dict[str, int] = {}
-    for doc in documents:
-        for nodeid in {str(t["nodeid"]) for t in doc["tests"]}:
-            seen[nodeid] = seen.get(nodeid, 0) + 1
-    tests, merged_from, statuses, original = [], [], [], []
+    merged_from, statuses = [], []
     for doc, label in zip(documents, labels):
-        for t in doc["tests"]:
-            entry = dict(t)
-            entry["source"] = label
-            if seen[str(t["nodeid"])] > 1:
-                entry["nodeid"] = f"{t['nodeid']} [{label}]"
-            tests.append(entry)
-            original.append(str(t["nodeid"]))
         summary = recount_summary(doc)["summary"]
         if summary["exitstatus"] is not None:
             statuses.append(summary["exitstatus"])
@@ -996,12 +1048,19 @@ def merge_documents(documents: Sequence[dict], sources: Sequence[str] | None = N
             "environment": doc.get("environment") or {},
             "summary": summary,
         })
-    _merge_sweep_shards(tests, original)
+    shards, notes = None, []
+    if any(document_shard(doc) is not None for doc in documents):
+        tests, shards, notes = merge_shard_documents(documents, labels)
+    else:
+        tests = _concatenate(documents, labels)
     out = results_document(
         tests,
         settings=documents[0].get("settings") or {},
         environment=documents[0].get("environment") or {},
         exitstatus=max(statuses) if statuses else None,
     )
+    if shards is not None:
+        out["shards"] = shards
+    out["merge_notes"] = notes
     out["merged_from"] = merged_from
     return out

@@ -217,12 +217,18 @@ OPTIONS: tuple[Option, ...] = (
            _flag, False, flag=True),
     Option("junit_maps", "write each test's full map records (per-block grids, images) into --junitxml; by default "
            "only scalar summaries (support radius, counts, effect range, base PSNR, passes)", _flag, False, flag=True),
-    Option("shard", "compute only shard K of N (counted from 0) of the items of every cem_sweep, split "
-           "deterministically by item index; `cem report merge` joins the shards' --cem-json results into the whole "
-           "sweeps", _shard, None, metavar="K/N"),
+    Option("shard", "run shard K of N (counted from 0) of the session: the tests, split by a hash of their node id "
+           "(the others are deselected), and the items of every cem_sweep, whose tests run on every shard, each "
+           "computing its part; `cem report merge` joins the shards' --cem-json results into the whole session",
+           _shard, None, metavar="K/N"),
     Option("shard_by", "how --cem-shard splits a sweep: item (one by one, index mod N == K) or image (every ROI of an "
            "image on one shard, so they keep sharing their forwards)", _choice("item", "image"), "item",
            metavar="item|image"),
+    Option("shard_scope", "what --cem-shard splits: session (the tests and the items of every cem_sweep), sweeps (the "
+           "items of every cem_sweep only, when another plugin splits the tests: pytest-split keeps the cem_sweep "
+           "tests on every machine) or auto (sweeps when pytest-split's --splits or pytest-shard's --num-shards "
+           "splits the session, else session)", _choice("auto", "session", "sweeps"), "auto",
+           metavar="auto|session|sweeps"),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -255,6 +261,7 @@ class CEMSettings:
     junit_maps: bool
     shard: tuple[int, int] | None
     shard_by: str
+    shard_scope: str
     engine_extra: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
 

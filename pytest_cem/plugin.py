@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 
 import pytest
 
 from .fixtures import (cem, cem_baseline, cem_device, cem_images, cem_load_model, cem_patches,  # noqa: F401
                        cem_settings, cem_sweep)
 from .options import OPTIONS, Sources, resolve_settings
+from .sharding import SCOPE_KEY, effective_scope, restore_held
 from .session import (BASE_SETTINGS_KEY, REPORT_ATTRIBUTE, SOURCES_KEY, CEMSession, check_output_paths, full_records,
                       html_report_path, records_for, settings_for)
+
+#: the test selection of --cem-shard (a module of its own: its collection hook runs trylast, see there)
+pytest_plugins = ["pytest_cem.sharding"]
 
 _SESSION_PLUGIN = "cem_session"
 _ISOLATION_KEY = pytest.StashKey[ExitStack]()
@@ -50,6 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
             check_output_paths(settings)
     except ValueError as exc:  # cem_checks.errors.SettingsError
         raise pytest.UsageError(str(exc)) from None
+    scope = effective_scope(config, settings.shard_scope, settings.shard)
+    config.stash[SCOPE_KEY] = scope
+    settings = replace(settings, shard_scope=scope)  # the results file records what was split
     config.stash[SOURCES_KEY] = sources
     config.stash[BASE_SETTINGS_KEY] = settings
     if controller:
@@ -78,6 +86,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"cem: cem_checks {cem_checks.__version__}, torch {torch.__version__}, default device {s.device} -> {device}, "
         f"mode {s.mode}, seed {s.seed}, batch size {s.batch_size}"
     ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list):
+    # --cem-shard beside pytest-split: the cem_sweep tests held out of its split are put back after it
+    order = {id(item): k for k, item in enumerate(items)}
+    result = yield
+    restore_held(config, items, order)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -137,23 +154,62 @@ def pytest_runtest_call(item: pytest.Item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    rec = None
+    rec, problems = None, []
     if call.when == "call":
-        rec = records_for(item)
-        rec.flush()
-        if rec.empty:
-            rec = None
-        elif not rec.attached:
-            # junit-xml writes the user properties of the test: scalar summaries unless --cem-junit-maps
-            settings = item.config.stash[BASE_SETTINGS_KEY]
-            item.user_properties.extend(rec.user_properties(full_maps=bool(settings.junit_maps)))
-            rec.attached = True
+        try:
+            rec = records_for(item)
+            rec.flush()
+            if rec.empty:
+                rec = None
+            elif not rec.attached:
+                # junit-xml writes the user properties of the test: scalar summaries unless --cem-junit-maps
+                settings = item.config.stash[BASE_SETTINGS_KEY]
+                item.user_properties.extend(rec.user_properties(full_maps=bool(settings.junit_maps)))
+                rec.attached = True
+        except Exception as exc:  # e.g. a map that cannot be summarised: this test fails, the session goes on
+            problems.append(exc)
+            rec = _partial(rec)
     report = yield
     if rec is not None:
-        # the controller's records: an attribute of the report, which pytest serialises for xdist
-        setattr(report, REPORT_ATTRIBUTE, rec.to_json(full=full_records(item.config.stash[BASE_SETTINGS_KEY])))
-        if html_report_path(item.config) is not None:
-            from .html_extras import add_extras
+        try:
+            # the controller's records: an attribute of the report, which pytest serialises for xdist
+            setattr(report, REPORT_ATTRIBUTE, rec.to_json(full=full_records(item.config.stash[BASE_SETTINGS_KEY])))
+            if html_report_path(item.config) is not None:
+                from .html_extras import add_extras
 
-            add_extras(item, report, rec)
+                add_extras(item, report, rec)
+        except Exception as exc:
+            problems.append(exc)
+    if problems:
+        _fail_recording(item, report, problems[0])
     return report
+
+
+def _partial(rec):
+    """What can still be recorded of a test whose records failed to build: the records built so far (its property
+    outcomes, the maps summarised before the failure), nothing left pending; None when there is nothing."""
+    if rec is None:
+        return None
+    rec.pending.clear()
+    rec.pending_sweeps.clear()
+    return None if rec.empty else rec
+
+
+def _fail_recording(item: pytest.Item, report: pytest.TestReport, exc: Exception) -> None:
+    """Make ``report`` (the call phase's) fail with why the test's records could not be built: a test that
+    passed fails with that message; a test that failed keeps its own failure and gains a section saying it."""
+    text = f"pytest-cem could not record this test's maps and properties: {type(exc).__name__}: {exc}"
+    if report.failed:
+        if hasattr(report.longrepr, "addsection"):
+            report.longrepr.addsection("pytest-cem", text)
+        else:
+            report.longrepr = f"{report.longrepr}\n{text}"
+        return
+    try:
+        raise pytest.fail.Exception(text, pytrace=False) from exc
+    except pytest.fail.Exception:
+        excinfo = pytest.ExceptionInfo.from_current()
+    report.outcome = "failed"
+    report.longrepr = item.repr_failure(excinfo)
+    if hasattr(report, "wasxfail"):
+        del report.wasxfail

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,8 @@ def settings_for(item: pytest.Item) -> CEMSettings:
     markers = list(item.iter_markers("cem"))
     kwargs = marker_kwargs(markers) if markers else {}
     settings = resolve_settings(item.config.stash[SOURCES_KEY], kwargs)
+    # the session's scope of --cem-shard, as resolved when the plugin was configured (auto -> session or sweeps)
+    settings = replace(settings, shard_scope=item.config.stash[BASE_SETTINGS_KEY].shard_scope)
     item.stash[SETTINGS_KEY] = settings
     return settings
 

@@ -143,7 +143,7 @@ RUN = ["--task", "dn25", "--roi", "8,8,8", "--block-size", "4", "--device", "cpu
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_cem_run_torchscript_writes_a_report(tmp_path, image):
     torch.jit.script(ConvStack((1, 1))).save(str(tmp_path / "m.pt"))
-    out = cem("run", "--model", tmp_path / "m.pt", "--image", image, *RUN, "--assert-receptive-field", "2",
+    out = cem("run", "--model", tmp_path / "m.pt", "--image", image, *RUN, "--assert-receptive-field", "2", "--map",
               "-o", tmp_path / "report.html")
     assert out.returncode == 0, out.stderr
     assert "receptive_field_within passed" in out.stdout and "support radius 2 px" in out.stdout

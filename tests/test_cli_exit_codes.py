@@ -191,15 +191,18 @@ def test_run_exits_1_only_for_a_failed_property(state_dict, image, tmp_path, cap
     assert code == 0 and "receptive_field_within passed" in out
 
 
-@pytest.mark.parametrize("command", ["map", "run"])
+@pytest.mark.parametrize("command", ["map", "run", "gate"])
 def test_an_unexpected_exception_exits_3_with_a_traceback_hint(command, state_dict, image, tmp_path, capsys,
                                                                 monkeypatch):
+    from cem_checks.engine import Job
+
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug deep inside\nsecond line")
 
-    monkeypatch.setattr(cem_checks, "compute_cem", broken)
+    monkeypatch.setattr(Job, "map", broken)  # cem map, cem run
+    monkeypatch.setattr(Job, "support", broken)  # cem gate
     args = [command, "--model", state_dict, "--arch", "nets:ConvStack", "--image", image, *MAP_ARGS,
-            "-o", output_of(command, tmp_path)]
+            "-o", output_of(command, tmp_path), *(["--within", "3"] if command == "gate" else [])]
     code, _, err = cem(capsys, *args)
     assert code == 3
     assert err.splitlines() == [

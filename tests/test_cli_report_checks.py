@@ -135,3 +135,21 @@ def test_null_effects_are_nan_and_render(tmp_path, capsys):
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     # 12 blocks outside the ROI in the first map, one of them NaN; 12 in each of the two others
     assert html.count('class="pt ') == 11 + 12 + 12
+
+
+@pytest.mark.parametrize("passed", ["no", "yes", 0, 1, None])
+def test_a_property_verdict_that_is_not_a_boolean_is_refused(passed, tmp_path, capsys):
+    # "passed": "no" used to count as a passed property (any non-empty string is truthy)
+    doc = a_document()
+    doc["tests"][1]["properties"][0]["passed"] = passed
+    with pytest.raises(ResultsFileError, match=re.escape(
+            f"test 't.py::test_b': property 1 (receptive_field_within): passed is {passed!r}; expected true or "
+            "false")):
+        cc.records.check_document(doc, "doc")
+    src = tmp_path / "odd.json"
+    src.write_text(json.dumps(doc))
+    assert cli.main(["report", str(src), "-o", str(tmp_path / "r.html")]) == 2
+    assert capsys.readouterr().err.startswith(f"cem: error: the results file {str(src)!r}: test 't.py::test_b'")
+    del doc["tests"][1]["properties"][0]["passed"]
+    with pytest.raises(ResultsFileError, match="passed is absent; expected true or false"):
+        cc.records.check_document(doc, "doc")

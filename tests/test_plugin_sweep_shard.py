@@ -30,14 +30,15 @@ def test_bad_shard_stops_the_run_naming_the_value_and_the_fix(pytester, args, in
 
 
 def test_shard_is_a_session_option_cli_over_ini(pytester):
-    pytester.makeini("[pytest]\ncem_shard = 1/3\n")
+    pytester.makeini("[pytest]\ncem_shard = 1/3\ncem_shard_scope = sweeps\n")
     pytester.makepyfile("""
         import pytest
 
         def test_settings(cem_settings):
             assert cem_settings.shard == (0, 2) and cem_settings.sources["shard"] == "cli"
+            assert cem_settings.shard_scope == "sweeps"  # as given: this shard runs every test
     """)
-    pytester.runpytest("--cem-shard", "0/2").assert_outcomes(passed=1)
+    pytester.runpytest("--cem-shard", "0/2", "--cem-shard-scope", "sweeps").assert_outcomes(passed=1)
     pytester.makepyfile("""
         import pytest
 
@@ -79,13 +80,13 @@ def test_shards_merge_into_the_unsharded_sweep(pytester, capsys):
                      "-o", str(pytester.path / "merged.json")]) == 0
     assert cem_main(["report", "merge", str(pytester.path / "s0.json"), str(pytester.path / "s1.json"),
                      "-o", str(pytester.path / "merged.html")]) == 0
-    assert ("sweep of test_suite.py::test_sweep [s0.json] merged from 2 of 2 shards: 4 items"
-            in capsys.readouterr().out)
+    assert ("sweep of test_suite.py::test_sweep merged from 2 of 2 shards: 4 items" in capsys.readouterr().out)
     doc = json.loads((pytester.path / "merged.json").read_text())
-    first, second = doc["tests"]
-    assert first["nodeid"] == "test_suite.py::test_sweep [s0.json]"
-    assert "sweeps" not in second and second["merged_sweeps_into"] == [first["nodeid"]]
-    (merged,) = first["sweeps"]
+    # the sweep test ran on both shards: one entry, as in the unsharded run
+    (test,) = doc["tests"]
+    assert test["nodeid"] == "test_suite.py::test_sweep" and test["merged_shards"] == [[0, 2], [1, 2]]
+    assert doc["shards"] == {"n": 2, "merged": [0, 1], "missing": [], "complete": True}
+    (merged,) = test["sweeps"]
     # the same table, aggregates and worst maps as the unsharded run
     assert merged["shard"] is None and merged["merged_shards"] == [[0, 2], [1, 2]] and merged["complete"] is True
     assert merged["merged_sources"] == ["s0.json", "s1.json"]
@@ -98,22 +99,30 @@ def test_shards_merge_into_the_unsharded_sweep(pytester, capsys):
         (w["index"], [r["assertion"] for r in w["reasons"]]) for w in full["worst_maps"]]
     assert [w["map"]["effect_db"] for w in merged["worst_maps"]] == [w["map"]["effect_db"] for w in full["worst_maps"]]
     assert merged["counts"]["items"] == 4 and merged["counts"]["shards"] == 2
-    # the assertions made on each shard are kept, each naming its shard and file
-    assert [(a["name"], a["shard"], a["source"]) for a in merged["assertions"]] == [
+    # the assertions recomputed over the whole sweep: the unsharded run's numbers and verdicts
+    keys = ("name", "passed", "measured", "ci_low", "ci_high", "values", "n_items", "worst_items", "measured_text")
+    assert [{k: a[k] for k in keys} for a in merged["assertions"]] == [{k: a[k] for k in keys} for a in full["assertions"]]
+    assert [{k: p[k] for k in keys} for p in test["properties"]] == [
+        {k: a[k] for k in keys} for a in full["assertions"]]
+    # the assertions made on each shard are kept beside them, each naming its shard and file
+    assert [(a["name"], a["shard"], a["source"]) for a in merged["shard_assertions"]] == [
         ("local_reach", [0, 2], "s0.json"), ("rarely_hurt", [0, 2], "s0.json"),
         ("local_reach", [1, 2], "s1.json"), ("rarely_hurt", [1, 2], "s1.json")]
     html = (pytester.path / "merged.html").read_text()
     assert html.count('<div class="sweep ') == 1 and "merged from 2 of 2 shards" in html
 
 
-def test_one_shard_twice_is_not_merged(pytester):
+def test_one_shard_twice_is_refused(pytester, capsys):
     make_sweep_suite(pytester)
     pytester.runpytest("--cem-shard", "1/2", "--cem-json", "s1.json").assert_outcomes(passed=1)
     (pytester.path / "copy.json").write_text((pytester.path / "s1.json").read_text())
+    capsys.readouterr()
     assert cem_main(["report", "merge", str(pytester.path / "s1.json"), str(pytester.path / "copy.json"),
-                     "-o", str(pytester.path / "m.json")]) == 0
-    doc = json.loads((pytester.path / "m.json").read_text())
-    assert [[s["shard"] for s in t["sweeps"]] for t in doc["tests"]] == [[[1, 2]], [[1, 2]]]
+                     "-o", str(pytester.path / "m.json")]) == 2
+    assert capsys.readouterr().err == (
+        "cem: error: s1.json and copy.json are both shard 1/2 (settings.shard): its tests would count twice; pass "
+        "each shard's results file once.\n")
+    assert not (pytester.path / "m.json").exists()
 
 
 def test_a_shard_without_items_skips_and_still_completes_the_merge(pytester):

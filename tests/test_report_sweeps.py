@@ -81,11 +81,16 @@ def test_merge_sweeps_equals_the_whole(records):
 def test_merge_sweeps_refuses_what_is_not_shards_of_one_sweep(records):
     with pytest.raises(CEMInputError, match="merges the shards of one sweep; got shard="):
         R.merge_sweeps([records["full"], records["s0"]])
-    with pytest.raises(CEMInputError, match="not distinct shards of one sweep"):
+    with pytest.raises(CEMInputError, match=r"got shard 0/2 more than once"):
         R.merge_sweeps([records["s0"], records["s0"]])
     other = copy.deepcopy(records["s1"])
     other["settings"]["seed"] = 7
-    with pytest.raises(CEMInputError, match="not distinct shards of one sweep"):
+    with pytest.raises(CEMInputError, match=r"records 0 and 1 differ in settings.seed \(0 vs 7\)"):
+        R.merge_sweeps([records["s0"], other])
+    # shards of two different splits of the items: named as such, not as an item found twice
+    other = copy.deepcopy(records["s1"])
+    other["settings"]["execution"]["shard_by"] = "image"
+    with pytest.raises(CEMInputError, match=r"differ in settings.execution.shard_by \('item' vs 'image'\)"):
         R.merge_sweeps([records["s0"], other])
 
 

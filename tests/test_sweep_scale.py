@@ -98,8 +98,8 @@ def test_shards_by_image_keep_the_rois_of_an_image_together_and_their_shared_for
     assert ran(by_image) == whole.counts["forward_passes"] < ran(by_item)
     assert all(s.counts["forward_passes_saved"] > 0 for s in by_image)
     assert all(s.counts["forward_passes_saved"] == 0 for s in by_item)
-    # mixing the two splits is caught: an item in two shards
-    with pytest.raises(cc.CEMInputError, match="is in sweeps\\[1\\] and in an earlier sweep"):
+    # mixing the two splits is refused as such (not as an item found twice)
+    with pytest.raises(cc.CEMInputError, match=r"split by different rules \(shard_by 'image' and 'item'\)"):
         cc.Sweep.merge([by_image[0], by_item[0]])
     with pytest.raises(cc.CEMInputError, match="shard_by='images' is not one of 'item', 'image'"):
         cc.sweep(_model(), IMAGES, rois=ROIS, shard=(0, 2), shard_by="images", **MAP)
@@ -251,11 +251,13 @@ def test_dask_distributed_executor(whole):
 
 
 def test_a_pool_worker_runs_its_maps_on_its_own_device(monkeypatch):
-    monkeypatch.setattr(S, "_WORKER_DEVICE", None)
+    import cem_checks.sweeps.execution as E  # the module of the workers' state
+
+    monkeypatch.setattr(E, "_WORKER_DEVICE", None)
     slots: queue.Queue = queue.Queue()
     slots.put("cpu")
-    S._init_worker(slots, None)  # what a worker of a local pool runs first
-    assert S._WORKER_DEVICE == "cpu"
+    E._init_worker(slots, None)  # what a worker of a local pool runs first
+    assert E._WORKER_DEVICE == "cpu"
     # the worker's device replaces the sweep's: no machine here has 'cuda:7'
     out = S.run_image(_model(), "a", _noise(1), [(0, 0, 8)], "map", {**MAP, "device": "cuda:7"})
     assert out[0].device == "cpu"
