@@ -29,13 +29,13 @@ here, the template only lays out the view model.
 from __future__ import annotations
 
 from .base import RUN_KEYS, section_anchor
-from .charts import CHART, CHART_COLOURS, MAX_CHART_POINTS, nice_ticks, profile_chart
+from .charts import AXIS_LIMIT, CHART, CHART_COLOURS, MAX_CHART_POINTS, nice_ticks, profile_chart
 from .document import TEMPLATE, render_report, report_context, template_dir, write_report
 from .maps import panel_pngs
 from .properties import PROPERTY_STATUS, offending_boxes
 from .sweeps import HISTOGRAM, MAX_BINS, SWEEP_COLUMN_LABELS, SWEEP_DEFAULT_METRIC, histogram_chart
 
-__all__ = ["CHART", "CHART_COLOURS", "HISTOGRAM", "MAX_BINS", "MAX_CHART_POINTS", "PROPERTY_STATUS", "RUN_KEYS",
+__all__ = ["AXIS_LIMIT", "CHART", "CHART_COLOURS", "HISTOGRAM", "MAX_BINS", "MAX_CHART_POINTS", "PROPERTY_STATUS", "RUN_KEYS",
            "SWEEP_COLUMN_LABELS", "SWEEP_DEFAULT_METRIC", "TEMPLATE", "histogram_chart", "nice_ticks",
            "offending_boxes", "panel_pngs", "profile_chart", "render_report", "report_context", "section_anchor",
            "template_dir", "write_report"]

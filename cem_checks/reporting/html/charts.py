@@ -12,9 +12,21 @@ import numpy as np
 from .base import _grid
 
 
+#: The largest magnitude on the charts' axes: a results file may hold numbers up to the float limit (~1.8e308, e.g.
+#: the effects of a model that blew up), whose range and tick steps overflow; the axes end at +-AXIS_LIMIT and the
+#: values beyond are drawn at the ends (:func:`axis_values`).
+AXIS_LIMIT = 1e300
+
+
+def axis_values(values: Any) -> np.ndarray:
+    """``values`` as float64, clipped to ``[-AXIS_LIMIT, AXIS_LIMIT]`` (infinities too; NaN stays NaN)."""
+    return np.clip(np.asarray(values, dtype=np.float64), -AXIS_LIMIT, AXIS_LIMIT)
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> tuple[float, float, list[float]]:
-    """Round tick values (1, 2 or 5 times a power of ten) covering ``[lo, hi]`` with about ``n`` ticks; returns
-    the widened range and the ticks. ``integer``: steps of at least 1."""
+    """Round tick values (1, 2 or 5 times a power of ten) covering ``[lo, hi]`` (clipped to +-:data:`AXIS_LIMIT`)
+    with about ``n`` ticks; returns the widened range and the ticks. ``integer``: steps of at least 1."""
+    lo, hi = (float(axis_values(v)) if math.isfinite(v) else v for v in (lo, hi))
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         lo, hi = (lo - 1.0, lo + 1.0) if math.isfinite(lo) else (-1.0, 1.0)
     raw = (hi - lo) / max(1, n - 1)
@@ -28,6 +40,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> tuple
 
 
 def _tick_label(v: float, step: float) -> str:
+    if step >= 1e6:  # large values: significant digits, not every digit (at most 8 characters)
+        return "0" if v == 0 else f"{v:.3g}"
     decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
     text = f"{v:.{decimals}f}"
     return "0" if float(text) == 0 else text
@@ -70,8 +84,9 @@ def profile_chart(effect: Any, roi_mask: Any, distance: Any, max_points: int = M
     eff = e[rows, cols]
     order = np.lexsort((cols, rows, dist))
     rows, cols, dist, eff = rows[order], cols[order], dist[order], eff[order]
+    val = axis_values(eff)  # the drawn values: the recorded ones, those beyond +-AXIS_LIMIT at the axis' ends
     x_lo, x_hi, x_ticks = nice_ticks(0.0, float(max(1, dist.max())), 6, integer=True)
-    y_lo, y_hi, y_ticks = nice_ticks(min(0.0, float(eff.min())), max(0.0, float(eff.max())), 5)
+    y_lo, y_hi, y_ticks = nice_ticks(min(0.0, float(val.min())), max(0.0, float(val.max())), 5)
     if y_lo == y_hi:
         y_lo, y_hi = y_lo - 1.0, y_hi + 1.0
 
@@ -83,7 +98,7 @@ def profile_chart(effect: Any, roi_mask: Any, distance: Any, max_points: int = M
 
     # per distance (dist is sorted): first index, count, mean, min, max
     dists, starts, counts = np.unique(dist, return_index=True, return_counts=True)
-    groups = [(int(v), int(s), int(k), eff[s:s + k]) for v, s, k in zip(dists, starts, counts)]
+    groups = [(int(v), int(s), int(k), val[s:s + k]) for v, s, k in zip(dists, starts, counts)]
     means = [(v, float(seg.mean())) for v, _, _, seg in groups]
     n_blocks = int(eff.size)
     aggregated = n_blocks > max_points
@@ -92,7 +107,7 @@ def profile_chart(effect: Any, roi_mask: Any, distance: Any, max_points: int = M
     else:
         shown = range(n_blocks)
     points = [
-        {"cx": X(dist[i]), "cy": Y(eff[i]), "kind": "pos" if eff[i] > 0 else "neg" if eff[i] < 0 else "zero",
+        {"cx": X(dist[i]), "cy": Y(val[i]), "kind": "pos" if eff[i] > 0 else "neg" if eff[i] < 0 else "zero",
          "distance": int(dist[i]), "effect": f"{eff[i]:+.4g}", "row": int(rows[i]), "col": int(cols[i])}
         for i in shown
     ]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import _finite, _num
-from .charts import _tick_label, nice_ticks
+from .charts import _tick_label, axis_values, nice_ticks
 from .maps import _map_view
 
 
@@ -44,14 +44,14 @@ SWEEP_DEFAULT_METRIC = {"map": "context_share_beyond", "support": "support_radiu
 def histogram_chart(values: Any, *, metric: str, bounds: Any = (), marks: Any = (),
                     max_bins: int = MAX_BINS) -> dict:
     """The geometry of the histogram of ``values`` (one sweep metric per item; None and non-finite values are left
-    out and counted in ``n_missing``), numbers only (the template draws the SVG): integer values get one bar per
-    value (up to ``max_bins`` values), others ``min(max_bins, ceil(sqrt(n)))`` equal bins over their range; every
-    bin is a bar (``bars``, empty ones of height 0, so ``n_bars`` is the number of bins). ``bounds``: ``(value,
-    label)`` of the assertions' bounds, drawn as dashed vertical lines; ``marks``: ``(value, ci_low, ci_high,
-    label)`` of the assertions' statistics, a line with its interval as a band. ``empty`` when no value is
-    finite."""
+    out and counted in ``n_missing``; values beyond +-AXIS_LIMIT are counted at those ends), numbers only (the
+    template draws the SVG): integer values get one bar per value (up to ``max_bins`` values), others
+    ``min(max_bins, ceil(sqrt(n)))`` equal bins over their range; every bin is a bar (``bars``, empty ones of height
+    0, so ``n_bars`` is the number of bins). ``bounds``: ``(value, label)`` of the assertions' bounds, drawn as
+    dashed vertical lines; ``marks``: ``(value, ci_low, ci_high, label)`` of the assertions' statistics, a line
+    with its interval as a band. ``empty`` when no value is finite."""
     raw = list(values)
-    a = np.array([float(v) for v in raw if _finite(v)], dtype=np.float64)
+    a = axis_values([float(v) for v in raw if _finite(v)])
     g = dict(HISTOGRAM)
     n_missing = len(raw) - int(a.size)
     if not a.size:
