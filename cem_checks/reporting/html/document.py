@@ -9,9 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..._io import atomic_write_text
+from ..counts import properties_text, property_status
 from .base import _num, section_anchor
+from .first_screen import failure_card, first_screen
 from .maps import _map_view
-from .properties import _maps_of, _property_view, offending_boxes
+from .properties import _property_view, _run_of, offending_boxes
 from .sweeps import _sweep_view
 
 TEMPLATE = "report.html.j2"
@@ -67,7 +69,6 @@ def _badges(n_failed: int, n_expected: int, counts: dict[str, int]) -> list[dict
     return out
 
 
-
 def _test_view(t: dict, show_passing: bool) -> tuple[dict, list[dict]]:
     """The section of test record ``t`` and its rows of the property table."""
     outcome = str(t.get("outcome"))
@@ -77,13 +78,16 @@ def _test_view(t: dict, show_passing: bool) -> tuple[dict, list[dict]]:
     props = [p for p in t.get("properties") or [] if isinstance(p, dict)]
     sweeps = [w for w in t.get("sweeps") or [] if isinstance(w, dict)]
     merged = t.get("merged_sweeps_into") if isinstance(t.get("merged_sweeps_into"), list) else []
-    failures, passes, rows = [], [], []
-    for p in props:
-        status = "passed" if p.get("passed") else "xfailed" if outcome == "xfailed" else "failed"
-        view = _property_view(p, show_passing, status, _maps_of(maps, p)[1])
-        (passes if status == "passed" else failures).append(view)
-        rows.append({"nodeid": nodeid, "anchor": anchor, **view})
     boxes = offending_boxes(maps, props)
+    map_views = [_map_view(m, k, boxes[k]) for k, m in enumerate(maps)]
+    failures, passes, rows, cards = [], [], [], []
+    for k, p in enumerate(props):
+        status, run = property_status(p, outcome), _run_of(maps, p)
+        view = dict(_property_view(p, show_passing, status, run), anchor=f"{anchor}-p{k + 1}")
+        (passes if status == "passed" else failures).append(view)
+        rows.append({"nodeid": nodeid, **view, "anchor": anchor})
+        if status != "passed":
+            cards.append(failure_card(p, view, {"nodeid": nodeid, "anchor": anchor}, maps, map_views, run))
     message = str(t.get("message") or "")
     teardown = t.get("teardown_error")
     if teardown is not None:
@@ -95,12 +99,13 @@ def _test_view(t: dict, show_passing: bool) -> tuple[dict, list[dict]]:
         "duration": _num(t.get("duration_s"), "{:.2f}", " s"),
         "message": message,
         "message_open": outcome in ("failed", "error") and not failures or teardown is not None,
-        "maps": [_map_view(m, k, boxes[k]) for k, m in enumerate(maps)],
+        "maps": map_views,
         "sweeps": [_sweep_view(w, k, anchor) for k, w in enumerate(sweeps)],
         "merged_note": (f"the sweep shards of this test are merged into the sweep of {', '.join(map(str, merged))}"
                         if merged else ""),
         "failures": failures,
         "properties": passes,
+        "cards": cards,
         "n_failed": sum(f["status"] == "failed" for f in failures),
         "n_expected": sum(f["status"] == "xfailed" for f in failures),
         "sort_key": (0 if any(f["status"] == "failed" for f in failures) or outcome in ("failed", "error") else
@@ -141,12 +146,9 @@ def report_context(document: dict, show_passing: bool = False) -> dict:
     counts = outcome_counts(tests_in)
     settings = document.get("settings") or {}
     env = document.get("environment") or {}
-    props = f"{len(rows)}: {len(rows) - n_failed - n_expected} passed, {n_failed} failed"
-    if n_expected:
-        props += f", {n_expected} expected failure{'' if n_expected == 1 else 's'} (in xfailed tests)"
     summary = [
         ("tests", _tests_text(counts, len(tests_in))),
-        ("properties", props),
+        ("properties", f"{len(rows)}: {properties_text(r['status'] for r in rows)}"),
         ("maps", str(sum(len(t["maps"]) for t in tests))),
         *([("sweeps", f"{len(sweeps)}: {sum(len(w['rows']) for w in sweeps)} items, "
                       f"{sum(len(w['maps']) for w in sweeps)} maps of worst items")] if sweeps else []),
@@ -161,13 +163,15 @@ def report_context(document: dict, show_passing: bool = False) -> dict:
     others = [{"nodeid": t["nodeid"], "outcome": t["outcome"], "duration": t["duration"],
                "reason": t["message"].strip().splitlines()[-1] if t["message"].strip() else ""}
               for t in tests if not t["section"]]
+    sections = [t for t in tests if t["section"]]
     return {
         "title": "pytest-cem report",
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "badges": _badges(n_failed, n_expected, counts),
+        "first": first_screen(sections),
         "summary": summary,
         "rows": rows,
-        "tests": [t for t in tests if t["section"]],
+        "tests": sections,
         "other_tests": others,
         "show_passing": bool(show_passing),
     }
