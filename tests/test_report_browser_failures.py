@@ -153,7 +153,8 @@ def check_first_screen(page, tests: dict) -> None:
     height = page.evaluate("window.innerHeight")
     cards = page.query_selector_all("#failures .card")
     assert [(c.get_attribute("class"), c.query_selector(".card-head a").text_content()) for c in cards] == [
-        ("card failed", tests["test_baseline_of_a_long_id[variant0]"]["nodeid"]), ("card failed", "test_suite.py::test_too_wide"),
+        ("card failed", tests["test_baseline_of_a_long_id[variant0]"]["nodeid"]),
+        ("card failed", "test_suite.py::test_too_wide"),
         ("card xfailed", "test_suite.py::test_expected_property_failure")]
     first = page.query_selector("[data-cem-offending]")
     card = cards[1]

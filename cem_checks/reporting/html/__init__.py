@@ -41,10 +41,11 @@ from .charts import AXIS_LIMIT, CHART, CHART_COLOURS, MAX_CHART_POINTS, nice_tic
 from .document import TEMPLATE, render_report, report_context, template_dir, write_report
 from .first_screen import FIRST_SCREEN_CARDS, THUMBNAIL_PX
 from .maps import panel_pngs
-from .properties import BLOCK_COLUMNS, failure_hint, offending_boxes
+from .properties import BLOCK_COLUMNS, failure_hint, offending_boxes, property_note
 from .sweeps import HISTOGRAM, MAX_BINS, SWEEP_COLUMN_LABELS, SWEEP_DEFAULT_METRIC, histogram_chart
 
 __all__ = ["AXIS_LIMIT", "BLOCK_COLUMNS", "CHART", "CHART_COLOURS", "FIRST_SCREEN_CARDS", "HISTOGRAM", "MAX_BINS",
            "MAX_CHART_POINTS", "PROPERTY_STATUS", "RUN_KEYS", "SWEEP_COLUMN_LABELS", "SWEEP_DEFAULT_METRIC", "TEMPLATE",
            "THUMBNAIL_PX", "failure_hint", "histogram_chart", "nice_ticks", "offending_boxes", "panel_pngs",
-           "profile_chart", "render_report", "report_context", "section_anchor", "template_dir", "write_report"]
+           "profile_chart", "property_note", "render_report", "report_context", "section_anchor", "template_dir",
+           "write_report"]

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..heatmap import (SUPPORT_RGB, _png, cell_size, colorbar_png, colorbar_position, heatmap_png,
-                       sequential_bar_png, sequential_png, support_png)
-from ..images import boxed_image, overlay_image
+from ..heatmap import (SUPPORT_RGB, _png, cell_size, colorbar_png, colorbar_position, heatmap_image, heatmap_png,
+                       sequential_bar_png, sequential_png, support_image, support_png)
+from ..images import OFFENDING_RGB, boxed_image, draw_box, overlay_image, pad_to_aspect
 from .base import _block_size, _data_uri, _finite, _grid, _num, _outlines, _rgb, _shape
 from .charts import profile_chart
 
@@ -249,14 +249,13 @@ def _map_view(m: dict, index: int, boxes: list[dict]) -> dict:
     }
 
 
-def panel_pngs(m: dict, boxes: list[dict]) -> list[tuple[str, bytes]]:
+def panel_pngs(m: dict, boxes: list[dict], min_aspect: float | None = None) -> list[tuple[str, bytes]]:
     """The map panels of map summary ``m`` as PNG images with the offending ``boxes`` (:func:`offending_boxes`)
     drawn in (:data:`~cem_checks.reporting.images.OFFENDING_RGB` between dark lines): ``(name, png)`` for the
     effect over the input (when the summary has images), the effect per block and the support, as far as the
-    summary records them. For tools that show images, not HTML (the pytest-html extras)."""
-    from .heatmap import heatmap_image, support_image
-    from .images import OFFENDING_RGB, draw_box
-
+    summary records them. For tools that show images, not HTML (the pytest-html extras). ``min_aspect``: panels
+    narrower than that (width / height) are padded with white on both sides
+    (:func:`~cem_checks.reporting.images.pad_to_aspect`), for viewers that crop images to a wide frame."""
     out: list[tuple[str, bytes]] = []
     shape, b = _shape(m), _block_size(m)
     effect, bound = m.get("effect_db"), m.get("display_bound_db")
@@ -267,6 +266,8 @@ def panel_pngs(m: dict, boxes: list[dict]) -> list[tuple[str, bytes]]:
             x, y, w, h = box["box"]
             draw_box(arr, (math.floor(x * scale_x), math.floor(y * scale_y), math.ceil((x + w) * scale_x),
                            math.ceil((y + h) * scale_y)), OFFENDING_RGB, thickness)
+        if min_aspect is not None:
+            arr = pad_to_aspect(arr, min_aspect)
         return _png(Image.fromarray(arr, mode="RGB"))
 
     images = m.get("images") if isinstance(m.get("images"), dict) else {}

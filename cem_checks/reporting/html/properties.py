@@ -108,7 +108,7 @@ def _block_table(rows: list[dict]) -> dict:
     }
 
 
-def _note(p: dict) -> str:
+def property_note(p: dict) -> str:
     """The note of property record ``p`` (e.g. why a result is vacuous: nothing was measured); ``""`` when the record
     has none (older files), null or an empty one."""
     note = p.get("note")
@@ -132,7 +132,7 @@ def _property_view(p: dict, show_passing: bool, status: str, run: dict) -> dict:
         "measured_value": value,
         "bound": str(p.get("bound_text")),
         "description": str(p.get("description") or ""),
-        "note": _note(p),
+        "note": property_note(p),
         "hint": property_hint(p, run["edge_px"]) if failed else "",
         "suggestion": blocks_suggestion(p) if failed else "",
         "blocks": blocks,
