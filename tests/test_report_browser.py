@@ -44,15 +44,22 @@ def report(pytester) -> Path:
     return pytester.path / "report.html"
 
 
+def open_page(pw, tmp_path: Path, width: int, height: int = 900):
+    """A headless Chromium context (its profile under ``tmp_path``) with a ``width`` x ``height`` px window, and a
+    page in it; the caller closes the context."""
+    context = pw.chromium.launch_persistent_context(
+        str(tmp_path / f"chromium-profile-{width}"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": width, "height": height}, device_scale_factor=1,
+    )
+    return context, context.new_page()
+
+
 @pytest.fixture
 def page(tmp_path):
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 800}, device_scale_factor=1,
-        )
+        context, page = open_page(pw, tmp_path, 1280, 800)
         try:
-            yield context.new_page()
+            yield page
         finally:
             context.close()
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from plugin_inner import OUTCOMES_SUITE, OUTCOMES_SUITE_COUNTS, make_suite
-from test_report_browser import CHROMIUM, CHROMIUM_ARGS, page_box, sync_api
+from test_report_browser import open_page, page_box, sync_api
 
 pytest_plugins = ["pytester"]
 
@@ -58,14 +58,6 @@ def run(pytester) -> dict:
     counts = result.parseoutcomes()
     return {"html": pytester.path / "r.html", "doc": json.loads((pytester.path / "r.json").read_text()),
             "counts": counts}
-
-
-def open_page(pw, tmp_path, width: int):
-    context = pw.chromium.launch_persistent_context(
-        str(tmp_path / f"chromium-profile-{width}"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-        viewport={"width": width, "height": 900}, device_scale_factor=1,
-    )
-    return context, context.new_page()
 
 
 def test_failures_outlines_counts_and_width(run, tmp_path):

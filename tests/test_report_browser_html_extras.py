@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from plugin_inner import MIXED_SUITE, make_suite
-from test_report_browser import CHROMIUM, CHROMIUM_ARGS, sync_api
+from test_report_browser import open_page, sync_api
 
 pytest.importorskip("pytest_html", reason="pytest-html is not installed (pip install pytest-html)")
 
@@ -28,11 +28,8 @@ def test_the_media_viewer_shows_each_panel_whole(pytester, tmp_path):
     pytester.runpytest("--html", "pytest.html", "--self-contained-html").assert_outcomes(passed=2, failed=1,
                                                                                          skipped=1)
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        context, page = open_page(pw, tmp_path, 1280)
         try:
-            page = context.new_page()
             page.goto((pytester.path / "pytest.html").as_uri())
             page.wait_for_selector("tbody.results-table-row .media-container__viewport img")
             row = next(r for r in page.query_selector_all("tbody.results-table-row")

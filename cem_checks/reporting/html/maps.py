@@ -138,6 +138,25 @@ def _offending_views(m: dict, boxes: list[dict], images: dict) -> dict:
     return {"grid": grid, "overlay": overlay, "count": len(boxes)}
 
 
+def _settings(m: dict, stage: list[tuple[str, Any]], after_roi: tuple | list = ()) -> list[tuple[str, str]]:
+    """The settings table of map summary ``m``: task and seed, the rows of its ``stage``, device, block size, ROI,
+    ``after_roi``, and its cost and patch bank (``"n/a"`` for what is not recorded)."""
+    s = m.get("settings") or {}
+    rows = [
+        ("task", s.get("task")),
+        ("seed", s.get("seed")),
+        *stage,
+        ("device", s.get("device")),
+        ("block size", _num(s.get("block_size"), unit=" px")),
+        ("ROI (x, y, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
+        *after_roi,
+        ("forward passes", _num(m.get("forward_passes"))),
+        ("time", _num(m.get("wall_s"), "{:.2f}", " s")),
+        ("patch bank", ", ".join(f"{k} {v}" for k, v in sorted((m.get("patch_bank") or {}).items())) or "n/a"),
+    ]
+    return [(k, "n/a" if v is None else str(v)) for k, v in rows]
+
+
 def _support_stage_view(m: dict, index: int, boxes: list[dict]) -> dict:
     """The view of a map of which only the support stage ran: the support panel and its numbers, no effects."""
     s = m.get("settings") or {}
@@ -151,17 +170,6 @@ def _support_stage_view(m: dict, index: int, boxes: list[dict]) -> dict:
     ]
     if within is not None:
         numbers.append((f"anything beyond {_num(within, '{:g}')} px", "yes" if beyond else "no"))
-    settings = [
-        ("task", s.get("task")),
-        ("seed", s.get("seed")),
-        ("draws per group test", s.get("draws")),
-        ("device", s.get("device")),
-        ("block size", _num(s.get("block_size"), unit=" px")),
-        ("ROI (x, y, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
-        ("forward passes", _num(m.get("forward_passes"))),
-        ("time", _num(m.get("wall_s"), "{:.2f}", " s")),
-        ("patch bank", ", ".join(f"{k} {v}" for k, v in sorted((m.get("patch_bank") or {}).items())) or "n/a"),
-    ]
     return {
         "stage": "support",
         "title": f"map {index + 1}: {m.get('model') or 'model'} ({grid[0]}x{grid[1]} blocks), support stage only",
@@ -185,7 +193,7 @@ def _support_stage_view(m: dict, index: int, boxes: list[dict]) -> dict:
             ("group tests", _num(m.get("group_tests"))),
         ],
         "numbers": numbers,
-        "settings": [(k, "n/a" if v is None else str(v)) for k, v in settings],
+        "settings": _settings(m, [("draws per group test", s.get("draws"))]),
     }
 
 
@@ -206,19 +214,6 @@ def _map_view(m: dict, index: int, boxes: list[dict]) -> dict:
                                               images["overlay_width"])
     chart = profile_chart(effect, m.get("roi_mask"), m.get("distance_px")) if effect else None
     grid = m.get("grid") or ["?", "?"]
-    settings = [
-        ("task", s.get("task")),
-        ("seed", s.get("seed")),
-        ("mode", s.get("mode")),
-        ("samples", f"coarse {s.get('coarse')}, fine {s.get('fine')}"),
-        ("device", s.get("device")),
-        ("block size", _num(s.get("block_size"), unit=" px")),
-        ("ROI (x, y, size)", ", ".join(str(v) for v in s.get("roi") or []) or "n/a"),
-        ("zero threshold", _num(s.get("tol_db"), unit=" dB")),
-        ("forward passes", _num(m.get("forward_passes"))),
-        ("time", _num(m.get("wall_s"), "{:.2f}", " s")),
-        ("patch bank", ", ".join(f"{k} {v}" for k, v in sorted((m.get("patch_bank") or {}).items())) or "n/a"),
-    ]
     return {
         "stage": "map",
         "title": f"map {index + 1}: {m.get('model') or 'model'} ({grid[0]}x{grid[1]} blocks)",
@@ -245,7 +240,9 @@ def _map_view(m: dict, index: int, boxes: list[dict]) -> dict:
             ("effect max", _num(m.get("effect_max_db"), "{:+.3g}", " dB")),
             ("support radius", _num(m.get("support_radius_px"), unit=" px")),
         ],
-        "settings": [(k, "n/a" if v is None else str(v)) for k, v in settings],
+        "settings": _settings(m, [("mode", s.get("mode")),
+                                  ("samples", f"coarse {s.get('coarse')}, fine {s.get('fine')}")],
+                              [("zero threshold", _num(s.get("tol_db"), unit=" dB"))]),
     }
 
 
