@@ -8,15 +8,17 @@ import base64
 import html
 import io
 import json
+import math
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cem_checks.reporting.html import section_anchor
+from cem_checks.reporting.html import offending_boxes, panel_pngs, section_anchor
 from cem_checks.reporting.images import OFFENDING_RGB
 from plugin_inner import MIXED_SUITE, make_suite
+from pytest_cem.html_extras import MEDIA_ASPECT
 
 pytest.importorskip("pytest_html", reason="pytest-html is not installed (pip install pytest-html)")
 
@@ -36,7 +38,8 @@ def html_extras(path) -> dict[str, list[dict]]:
 
 def test_map_panels_and_report_link_are_pytest_html_extras(pytester):
     make_suite(pytester, MIXED_SUITE)
-    result = pytester.runpytest("--html", "out/pytest.html", "--self-contained-html", "--cem-report", "cem.html")
+    result = pytester.runpytest("--html", "out/pytest.html", "--self-contained-html", "--cem-report", "cem.html",
+                                "--cem-json", "r.json")
     result.assert_outcomes(passed=2, failed=1, skipped=1)
     extras = html_extras(pytester.path / "out" / "pytest.html")
     assert extras["test_plain"] == [] and extras["test_absent_device"] == []  # no map, no extras
@@ -55,6 +58,24 @@ def test_map_panels_and_report_link_are_pytest_html_extras(pytester):
     (support,) = [e for e in extras["test_too_wide"] if e.get("name") == "cem: support"]
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(support["content"].split(",", 1)[1]))).convert("RGB"))
     assert ((img == OFFENDING_RGB).all(axis=-1)).sum() > 100
+    # each panel is embedded whole, padded with white on both sides to the media viewer's aspect ratio (which crops
+    # narrower images to its frame): the square support panel of 8x8 blocks in the middle, its row 0 (where
+    # offending blocks are) included
+    test = next(t for t in json.loads((pytester.path / "r.json").read_text())["tests"] if t["nodeid"].endswith("wide"))
+    (m,) = test["maps"]
+    (boxes,) = offending_boxes(test["maps"], test["properties"])
+    panel = dict(panel_pngs(m, boxes))["support"]
+    panel = np.asarray(Image.open(io.BytesIO(panel)).convert("RGB"))
+    h, w = panel.shape[:2]
+    assert h == w == img.shape[0] and img.shape[1] == math.ceil(h * MEDIA_ASPECT) > w
+    left = (img.shape[1] - w) // 2
+    assert (img[:, left:left + w] == panel).all() and (np.delete(img, np.s_[left:left + w], axis=1) == 255).all()
+    block = h // m["grid"][0]
+    assert ((panel[:block] == OFFENDING_RGB).all(axis=-1)).sum() > 20  # outlines of row-0 blocks
+    for e in extras["test_too_wide"] + extras["test_local"]:
+        if e["format_type"] == "image":
+            shown = Image.open(io.BytesIO(base64.b64decode(e["content"].split(",", 1)[1])))
+            assert shown.width / shown.height >= MEDIA_ASPECT - 1e-9, (e["name"], shown.size)
     (note,) = [e for e in extras["test_too_wide"] if e["format_type"] == "html"]
     assert "receptive_field_within" in note["content"]
     assert "the support reaches up to 5 px; the bound is 1 px" in note["content"]

@@ -44,15 +44,22 @@ def report(pytester) -> Path:
     return pytester.path / "report.html"
 
 
+def open_page(pw, tmp_path: Path, width: int, height: int = 900):
+    """A headless Chromium context (its profile under ``tmp_path``) with a ``width`` x ``height`` px window, and a
+    page in it; the caller closes the context."""
+    context = pw.chromium.launch_persistent_context(
+        str(tmp_path / f"chromium-profile-{width}"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": width, "height": height}, device_scale_factor=1,
+    )
+    return context, context.new_page()
+
+
 @pytest.fixture
 def page(tmp_path):
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 800}, device_scale_factor=1,
-        )
+        context, page = open_page(pw, tmp_path, 1280, 800)
         try:
-            yield context.new_page()
+            yield page
         finally:
             context.close()
 
@@ -192,8 +199,9 @@ DEMO_REPORT = os.environ.get("CEM_DEMO_REPORT")
                                             "the demo's report; `make screenshot` does")
 def test_demo_report_renders_in_chromium(page):
     """The report of `make demo` (real models) renders without errors, every heatmap is drawn, and a failed
-    property's section is shown; with CEM_SCREENSHOT_OUT its screenshot (summary, table and the first test with a
-    failed property) is saved for the README."""
+    property's section is shown; its first screen shows the first failure's outlined blocks at 1280 and 800 px; with
+    CEM_SCREENSHOT_OUT its screenshot (the first screen and the first test with a failed property) is saved for the
+    README."""
     path = Path(DEMO_REPORT).resolve()
     assert path.is_file(), f"CEM_DEMO_REPORT={DEMO_REPORT!r} is not a file; run `make demo` first"
     errors = []
@@ -211,9 +219,21 @@ def test_demo_report_renders_in_chromium(page):
     # a failed property, or an expected one (a failed property inside an xfailed test)
     failed = page.query_selector("section.test:has(details.prop.failure)")
     assert failed is not None, "the demo report shows no failed property (the strict xfail tests should fail one)"
+    # the first screen says what failed, where and why: the first failure's outlined blocks are inside the first
+    # viewport, and the page is no wider than the window, at 1280 and 800 px
+    for width in (1280, 800):
+        page.set_viewport_size({"width": width, "height": 800})
+        first = page.query_selector("[data-cem-offending]")
+        assert first.evaluate("o => o.closest('#failures .card') !== null")
+        box = first.bounding_box()
+        assert 0 <= box["y"] and box["y"] + box["height"] < 800, f"first outline at {box} in a {width} px window"
+        scroll = page.evaluate("document.documentElement.scrollWidth")
+        assert scroll <= width, f"the page is {scroll} px wide in a {width} px window"
+    page.set_viewport_size({"width": 1280, "height": 800})
     out = os.environ.get("CEM_SCREENSHOT_OUT")
     if out:
-        top_bottom = page_box(page, page.query_selector("#properties"))[3] + 12
+        # the first screen (what failed, where and why), then the section of the first failed property
+        top_bottom = max(page_box(page, e)[3] for e in page.query_selector_all("section.first-screen")) + 12
         sec_left, sec_top, sec_right, _ = page_box(page, failed)
         chart = failed.query_selector("figure.panel-profile")
         sec_bottom = page_box(page, chart)[3] + 12 if chart else page_box(page, failed)[3]

@@ -1,17 +1,22 @@
 """--cem-report in headless Chromium: failures first, offending blocks outlined where they are, counts like pytest,
-and a page no wider than the window at 1280 and 800 px (long test ids and paths wrap).
+and a page no wider than the window at 1280 and 800 px (long test ids and paths wrap). The first screen says what
+failed, where and why: the first failure's outline is drawn inside the first viewport; support-only tables have one
+line per block; numbers never wrap mid-value.
 
 Skipped when Chromium or the Playwright Python package is absent (see tests/test_report_browser.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from plugin_inner import OUTCOMES_SUITE, OUTCOMES_SUITE_COUNTS, make_suite
-from test_report_browser import CHROMIUM, CHROMIUM_ARGS, page_box, sync_api
+from test_report_browser import open_page, page_box, sync_api
 
 pytest_plugins = ["pytester"]
 
@@ -24,6 +29,26 @@ SUITE = OUTCOMES_SUITE + """
         cem_baseline(cem(ConvStack((1, 1)), IMG))
 """
 WIDTHS = (1280, 800)
+#: The colour of the offending blocks' outlines (CSS ``#ffd400``).
+OUTLINE_RGB = (255, 212, 0)
+#: The numbers of the page (``.num``): no value token (a run of non-space characters) is split over two lines.
+SPLIT_NUMBERS_JS = """() => {
+    const split = [];
+    for (const el of document.querySelectorAll(".num")) {
+        const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (const m of node.data.matchAll(/\\S+/g)) {
+                const range = document.createRange();
+                range.setStart(node, m.index);
+                range.setEnd(node, m.index + m[0].length);
+                const tops = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0)
+                                     .map(r => Math.round(r.top)));
+                if (tops.size > 1) split.push(m[0]);
+            }
+        }
+    }
+    return split;
+}"""
 
 
 @pytest.fixture
@@ -33,14 +58,6 @@ def run(pytester) -> dict:
     counts = result.parseoutcomes()
     return {"html": pytester.path / "r.html", "doc": json.loads((pytester.path / "r.json").read_text()),
             "counts": counts}
-
-
-def open_page(pw, tmp_path, width: int):
-    context = pw.chromium.launch_persistent_context(
-        str(tmp_path / f"chromium-profile-{width}"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-        viewport={"width": width, "height": 900}, device_scale_factor=1,
-    )
-    return context, context.new_page()
 
 
 def test_failures_outlines_counts_and_width(run, tmp_path):
@@ -60,6 +77,9 @@ def test_failures_outlines_counts_and_width(run, tmp_path):
                 # nothing wider than the window
                 scroll, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
                 assert scroll <= inner == width, f"the page is {scroll} px wide in a {width} px window"
+                check_first_screen(page, tests)
+                assert page.evaluate(SPLIT_NUMBERS_JS) == []
+                check_support_only_table(page, tests["test_expected_property_failure"])
 
                 # the summary counts the tests as pytest's summary line does
                 row = page.evaluate("""() => Array.from(document.querySelectorAll('#summary tr'))
@@ -115,3 +135,51 @@ def check_outlines(page, test: dict, panels: tuple[str, ...]) -> None:
             sx, sy = (right - left) / frame_w, (bottom - top) / frame_h
             assert abs(ol - (left + x * sx)) <= 1.5 and abs(ot - (top + y * sy)) <= 1.5
             assert abs(orr - (left + (x + w) * sx)) <= 1.5 and abs(ob - (top + (y + h) * sy)) <= 1.5
+
+
+def check_first_screen(page, tests: dict) -> None:
+    """The first screen: a card per failed property, failures first (the new baseline has no offending block, the
+    receptive field of test_too_wide has), then the expected one; the card of the first failure with offending
+    blocks has its measured value, bound and hint, and its thumbnail (the support panel) with the offending blocks
+    outlined, drawn inside the first viewport, linking to the failure in its test's section."""
+    height = page.evaluate("window.innerHeight")
+    cards = page.query_selector_all("#failures .card")
+    assert [(c.get_attribute("class"), c.query_selector(".card-head a").text_content()) for c in cards] == [
+        ("card failed", tests["test_baseline_of_a_long_id[variant0]"]["nodeid"]),
+        ("card failed", "test_suite.py::test_too_wide"),
+        ("card xfailed", "test_suite.py::test_expected_property_failure")]
+    first = page.query_selector("[data-cem-offending]")
+    card = cards[1]
+    assert card.evaluate("(c, o) => c.contains(o)", first), "the first outline is not in test_too_wide's card"
+    assert card.query_selector(".measured").text_content() == "5 px"
+    assert card.query_selector(".bound").text_content() == "<= 1 px"
+    assert card.query_selector(".hint").text_content().startswith("the support reaches 5 px; the bound is 1 px")
+    assert card.query_selector("img.thumb").get_attribute("class") == "thumb support"
+    box = first.bounding_box()
+    assert 0 <= box["y"] and box["y"] + box["height"] < height, f"the first outline at {box} is below the first screen"
+    # the outline is drawn there: its yellow border in a screenshot of the first viewport
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot(type="png"))).convert("RGB"), dtype=np.int16)
+    x0, y0 = int(box["x"]), int(box["y"])
+    region = shot[y0:y0 + int(box["height"]) + 1, x0:x0 + int(box["width"]) + 1]
+    assert (abs(region - OUTLINE_RGB).max(axis=-1) < 40).sum() >= 8, "the first outline is not drawn"
+    # the card and its thumbnail link to the failure, which exists in the test's section
+    link = card.query_selector("a.thumb").get_attribute("href")
+    assert link == card.query_selector(".card-head a").get_attribute("href")
+    target = page.query_selector(f"[id='{link[1:]}']")
+    assert target.evaluate("e => e.closest('section.test').dataset.nodeid") == tests["test_too_wide"]["nodeid"]
+    assert target.evaluate("e => e.parentElement.classList.contains('failure')")
+
+
+def check_support_only_table(page, test: dict) -> None:
+    """The offending blocks of a support-stage result (no effect estimated): no effect or CI column, their shared
+    detail said once above the table, one line per block."""
+    section = page.query_selector(f"section[data-nodeid='{test['nodeid']}']")
+    table = section.query_selector("table.blocks")
+    headers = [th.text_content() for th in table.query_selector_all("thead th")]
+    assert headers == ["offending block (x, y, w, h) input px", "grid", "distance to the ROI"]
+    assert table.query_selector("caption").text_content().startswith("every listed block: changes the ROI output")
+    line = page.evaluate("() => parseFloat(getComputedStyle(document.body).lineHeight) || 20")
+    rows = table.query_selector_all("tbody tr")
+    assert len(rows) == len(test["properties"][0]["worst_blocks"]) > 0
+    for row in rows:
+        assert row.bounding_box()["height"] < 2 * line, "a row of the support-only table takes two lines"

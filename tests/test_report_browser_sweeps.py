@@ -13,7 +13,7 @@ import pytest
 
 from cem_checks.reporting.html import histogram_chart
 from sweep_inner import make_sweep_suite
-from test_report_browser import CHROMIUM, CHROMIUM_ARGS, page_box, sync_api
+from test_report_browser import open_page, page_box, sync_api
 
 pytest_plugins = ["pytester"]
 
@@ -38,11 +38,8 @@ def column(page, name: str) -> list[str]:
 def test_sweep_section_in_chromium(report, tmp_path):
     (sweep,) = report["doc"]["tests"][0]["sweeps"]
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 800, "height": 900}, device_scale_factor=1)
+        context, page = open_page(pw, tmp_path, 800)
         try:
-            page = context.new_page()
             console, errors = [], []
             page.on("console", lambda m: console.append((m.type, m.text)))
             page.on("pageerror", lambda e: errors.append(str(e)))

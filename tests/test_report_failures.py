@@ -96,11 +96,14 @@ def test_failed_property_opens_its_section_with_outlined_offenders():
     # the failure comes first in the section, expanded: verdict, measured, bound, hint, offenders, message
     first = section.index('<details class="prop failure failed" open>')
     assert first < section.index('<div class="maps">') < section.index('<details class="prop passed">')
-    assert '<td class="measured">max_reach(significant=False) = 9 px</td>' in section
-    assert '<td class="bound">&lt;= 1 px</td>' in section
-    assert "blocks with a non-zero effect reach 9 px; the bound is 1 px" in section
-    offenders = re.findall(r'<tr class="offending-block" data-box="([^"]*)"><td>[^<]*</td><td>([^<]*)</td>'
-                           r'<td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>', section)
+    assert '<td class="measured">max_reach(significant=False) = <span class="num">9 px</span></td>' in section
+    assert '<td class="bound"><span class="num">&lt;= 1 px</span></td>' in section
+    # the offenders are the farthest blocks of the map (9 px): the hint names the image edge, not a radius
+    assert ("blocks with a non-zero effect reach the image edge (its farthest blocks, 9 px from the ROI); the bound "
+            "is 1 px: the model draws on context from every block up to the image edge (global reach)") in section
+    offenders = re.findall(r'<tr class="offending-block" data-box="([^"]*)"><td class="num">[^<]*</td>'
+                           r'<td class="num">([^<]*)</td><td class="num">([^<]*)</td><td class="num">([^<]*)</td>'
+                           r'<td class="num">([^<]*)</td>', section)
     assert sorted(offenders) == [("0, 28, 4, 4", "row 7, col 0", "9 px", "-0.020 dB", "[-0.020, -0.020] dB"),
                                  ("28, 0, 4, 4", "row 0, col 7", "9 px", "+0.050 dB", "[+0.050, +0.050] dB")]
     # blocks within the bound are listed for context, not outlined

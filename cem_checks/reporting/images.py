@@ -51,6 +51,7 @@ __all__ = [
     "embed_image",
     "fit_size",
     "overlay_image",
+    "pad_to_aspect",
     "scale_box",
     "zoom_factor",
 ]
@@ -164,6 +165,22 @@ def draw_box(arr: np.ndarray, box: Sequence[int], colour=ROI_BOX_RGB, thickness:
     band(x0, y0, x1, y1, t, colour)
     if x1 - x0 > 2 * t + 2 and y1 - y0 > 2 * t + 2:
         band(x0 + t, y0 + t, x1 - t, y1 - t, 1, BOX_EDGE_RGB)
+
+
+def pad_to_aspect(arr: np.ndarray, min_aspect: float, fill=(255, 255, 255)) -> np.ndarray:
+    """The (H, W, 3) image ``arr`` at least ``min_aspect`` times as wide as tall: narrower images get columns of
+    ``fill`` on both sides (centred), wider ones are returned as they are. For viewers that fill a wide frame and
+    crop what does not fit (CSS ``object-fit: cover``): an image of the frame's aspect ratio or wider is shown
+    whole."""
+    h, w = arr.shape[:2]
+    width = math.ceil(h * float(min_aspect))
+    if width <= w:
+        return arr
+    out = np.empty((h, width) + arr.shape[2:], dtype=arr.dtype)
+    out[...] = fill
+    left = (width - w) // 2
+    out[:, left:left + w] = arr
+    return out
 
 
 def boxed_image(record: dict) -> tuple[np.ndarray, list[int]]:
