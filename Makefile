@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+# where torch comes from: empty = pip's configured indexes (PyPI: a CUDA build on Linux); the CPU build anywhere:
+# make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # `make test-spandrel`: a second environment with the optional spandrel extra. spandrel imports torchvision,
@@ -14,15 +17,15 @@ SPY                  := $(SPANDREL_VENV)/bin/python
 SPANDREL_TESTS         ?= tests/test_plugin_load_model.py $(wildcard tests/test_loading*.py)
 SPANDREL_EXAMPLE_TESTS ?= example_suite/test_spandrel_checkpoints.py
 
-.PHONY: setup test demo screenshot train bench clean setup-spandrel test-spandrel
+.PHONY: setup test demo screenshot train bench clean setup-spandrel test-spandrel dist docs
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 test: setup
@@ -30,12 +33,24 @@ test: setup
 
 demo: setup
 	$(PY) -m pytest example_suite -p no:cacheprovider --cem-report cem-report.html --cem-json cem-results.json \
-		--cem-cache-dir .cem-cache $(PYTEST_ARGS)
+		--cem-cache-dir .cem-cache -rs $(PYTEST_ARGS)
 
 # the README's picture of the demo report, taken by the browser test in headless Chromium
 screenshot: demo
 	CEM_DEMO_REPORT=cem-report.html CEM_SCREENSHOT_OUT=docs/demo-report.png $(PY) -m pytest tests/test_report_browser.py \
 		-k demo_report -p no:cacheprovider -q
+
+# the sdist and the wheel users install (dist/), checked by twine; the wheel carries the report templates and the
+# bundled images (tests/test_dist.py installs it into a fresh environment)
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	$(PY) -m zipfile -l dist/*.whl | grep -E 'templates/|data/'
+
+# the documentation site (docs/, mkdocs.yml) -> site/
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 # retrain the example suite's models (example_suite/checkpoints; about 8 minutes on 2 CPU cores)
 train: setup
@@ -62,4 +77,4 @@ test-spandrel: setup-spandrel
 	$(SPY) -m pytest $(SPANDREL_EXAMPLE_TESTS) -p no:cacheprovider -rs $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SPANDREL_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SPANDREL_VENV) build dist site *.egg-info .pytest_cache

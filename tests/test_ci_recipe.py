@@ -4,6 +4,7 @@ the JSON results whatever the outcome, and their pytest line works here on a sma
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -95,6 +96,26 @@ def test_gitlab_job_caches_always_and_keeps_the_artifacts_always():
 def test_both_jobs_install_the_cpu_wheel_of_torch():
     for text in (GITHUB.read_text(), GITLAB.read_text()):
         assert "--index-url https://download.pytorch.org/whl/cpu" in text
+
+
+def _install_lines(commands: list[str]) -> list[str]:
+    return [line.strip() for c in commands for line in c.splitlines()
+            if "pip install" in line and "pytest-cem" in line and not line.strip().startswith("#")]
+
+
+def test_both_jobs_install_pytest_cem_pinned_from_git_at_the_project_version():
+    """pytest-cem is not on PyPI: a bare `pip install pytest-cem` fails. The jobs install the tag of this version."""
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    github, gitlab = github_job()[0], gitlab_job()[0]
+    for commands in ([s["run"] for s in github["steps"] if "run" in s], gitlab["before_script"]):
+        (line,) = _install_lines(commands)
+        (requirement,) = re.findall(r'"([^"]+)"', line)
+        assert requirement == f"pytest-cem @ git+https://<host>/<owner>/pytest-cem@v{version}", line
+    # pip needs git for a git URL: the slim image of the GitLab job has none until the job installs it
+    before = gitlab["before_script"]
+    assert "slim" in gitlab["image"] and any("apt-get install" in c and " git" in c for c in
+                                              before[:before.index(_install_lines(before)[0])])
+    assert f"pytest-cem@v{version}" in (ROOT / "README.md").read_text()
 
 
 def _pytest_lines() -> list:
