@@ -28,7 +28,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "devices": ("resolve_device", "spread_device"),
     "engine": ("MAX_PSNR_DB", "FastOptions", "compute_cem", "compute_cem_many", "compute_support"),
     "errors": ("BaselineError", "CacheWarning", "CEMError", "CheckpointError", "CEMInputError", "CEMWarning",
-               "DeviceError", "ImageConversionWarning", "ImageError", "ModelError", "NondeterministicModelWarning",
+               "DeviceError", "DuplicateROIWarning", "ImageConversionWarning", "ImageError", "ModelError",
+               "NondeterministicModelWarning",
                "OutputRangeWarning", "PatchBankError", "PrecisionWarning", "ROIError", "SettingsError",
                "UntrustedCheckpointError"),
     "grid": ("ROI", "BlockGrid"),
@@ -79,7 +80,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names the module __getatt
     from .devices import resolve_device, spread_device
     from .engine import MAX_PSNR_DB, FastOptions, compute_cem, compute_cem_many, compute_support
     from .errors import (BaselineError, CacheWarning, CEMError, CEMInputError, CEMWarning, CheckpointError,
-                         DeviceError, ImageConversionWarning, ImageError, ModelError, NondeterministicModelWarning,
+                         DeviceError, DuplicateROIWarning, ImageConversionWarning, ImageError, ModelError,
+                         NondeterministicModelWarning,
                          OutputRangeWarning, PatchBankError, PrecisionWarning, ROIError, SettingsError,
                          UntrustedCheckpointError)
     from .grid import ROI, BlockGrid

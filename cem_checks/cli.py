@@ -74,10 +74,10 @@ refused.
 GATE_HELP = """\
 Check a receptive-field bound for shell CI: does anything farther than --within PX (input px, Chebyshev distance
 from the ROI's footprint) change the ROI output at all? Runs the support stage alone, as the pytest fixture's
-receptive-field assertion does: one ring test (every block beyond PX replaced at once with random natural
-patches, 3 joint draws, the ROI output compared bit for bit with the baseline), then a binary search for the
-support radius; when something lies beyond PX, a few more group tests find blocks of the farthest ring that
-change the ROI output alone. Tens of forward passes where a map takes thousands. Prints the verdict, the support
+receptive-field assertion does: one ring test (every input pixel farther than PX replaced at once with random
+natural patches, whatever the block size; 3 joint draws; the ROI output compared bit for bit with the baseline),
+then a binary search for the support radius in pixels; when something lies beyond PX, a few more group tests find
+blocks that change the ROI output without other blocks. Tens of forward passes where a map takes thousands. Prints the verdict, the support
 radius, the group tests and the forward passes; -o writes the HTML report (.html) or the JSON results (.json) of
 the support stage, as cem run does. Exit code 0 when nothing beyond PX changes the ROI output, 1 when something
 does, 2 for bad input, 3 for an internal error.

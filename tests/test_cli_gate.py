@@ -19,7 +19,7 @@ JOB = ["--task", "dn25", "--roi", "8,8,8", "--block-size", "4", "--device", "cpu
 
 @pytest.fixture
 def model_args(tmp_path, natural32_png) -> list[str]:
-    torch.save(ConvStack().state_dict(), tmp_path / "sd.pt")  # what nets:ConvStack builds: support radius 1 px
+    torch.save(ConvStack().state_dict(), tmp_path / "sd.pt")  # what nets:ConvStack builds: support radius 3 px
     return ["--model", str(tmp_path / "sd.pt"), "--arch", "nets:ConvStack", "--image", str(natural32_png), *JOB]
 
 
@@ -43,10 +43,10 @@ def test_gate_needs_tens_of_forwards_where_the_map_needs_hundreds(model_args, tm
     code, out, _ = cem(capsys, "gate", *model_args, "--within", "3", "-o", tmp_path / "gate.json")
     assert code == 0
     test, gate = only_map(tmp_path / "gate.json")
-    assert gate["stage"] == "support" and gate["support_radius_px"] == 1 and test["outcome"] == "passed"
+    assert gate["stage"] == "support" and gate["support_radius_px"] == 3 and test["outcome"] == "passed"
     assert [(p["name"], p["passed"], p["measured"]) for p in test["properties"]] == [
-        ("receptive_field_within", True, 1)]
-    assert (f"support radius 1 px, {gate['group_tests']} group tests, {gate['forward_passes']} forward passes"
+        ("receptive_field_within", True, 3)]
+    assert (f"support radius 3 px, {gate['group_tests']} group tests, {gate['forward_passes']} forward passes"
             in out)
     # cem run --assert-receptive-field alone takes the same path: the same forwards
     assert cem(capsys, "run", *model_args, "--assert-receptive-field", "3", "-o", tmp_path / "run.json")[0] == 0
@@ -55,7 +55,7 @@ def test_gate_needs_tens_of_forwards_where_the_map_needs_hundreds(model_args, tm
     # the full-map path, as cem run computed it before: the same verdict for far more forwards
     assert cem(capsys, "run", *model_args, "--assert-receptive-field", "3", "--map", "-o", tmp_path / "map.json")[0] == 0
     test, full = only_map(tmp_path / "map.json")
-    assert full["stage"] == "map" and full["support_radius_px"] == 1 and test["properties"][0]["passed"] is True
+    assert full["stage"] == "map" and full["support_radius_px"] == 3 and test["properties"][0]["passed"] is True
     assert gate["forward_passes"] * 10 <= full["forward_passes"], (gate["forward_passes"], full["forward_passes"])
 
 
@@ -63,10 +63,10 @@ def test_gate_exit_codes(model_args, tmp_path, capsys):
     # 1: something beyond the bound changes the ROI output; the results are still written, naming the blocks
     code, out, _ = cem(capsys, "gate", *model_args, "--within", "0", "-o", tmp_path / "g.html")
     assert code == 1
-    assert "receptive_field_within FAILED: support_radius() = 1 px; bound <= 0 px" in out
-    assert "changes the ROI output when replaced alone" in out and (tmp_path / "g.html").is_file()
+    assert "receptive_field_within FAILED: support_radius() = 3 px; bound <= 0 px" in out
+    assert "changes the ROI output without other blocks" in out and (tmp_path / "g.html").is_file()
     # without -o nothing is written; the verdict is printed
-    code, out, _ = cem(capsys, "gate", *model_args, "--within", "1")
+    code, out, _ = cem(capsys, "gate", *model_args, "--within", "3")
     assert code == 0 and "receptive_field_within passed" in out and "HTML report" not in out
     # 2: usage and input errors, before any forward
     code, _, err = cem(capsys, "gate", *model_args)

@@ -153,7 +153,7 @@ def check_first_screen(page, tests: dict) -> None:
     assert card.evaluate("(c, o) => c.contains(o)", first), "the first outline is not in test_too_wide's card"
     assert card.query_selector(".measured").text_content() == "5 px"
     assert card.query_selector(".bound").text_content() == "<= 1 px"
-    assert card.query_selector(".hint").text_content().startswith("the support reaches 5 px; the bound is 1 px")
+    assert card.query_selector(".hint").text_content().startswith("the support reaches up to 5 px; the bound is 1 px")
     assert card.query_selector("img.thumb").get_attribute("class") == "thumb support"
     box = first.bounding_box()
     assert 0 <= box["y"] and box["y"] + box["height"] < height, f"the first outline at {box} is below the first screen"

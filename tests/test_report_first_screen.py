@@ -51,9 +51,9 @@ def test_one_card_per_failed_property_failures_first():
         ("t.py::test_fails", "negative_fraction_at_most", "failed"),
         ("t.py::test_expected", "receptive_field_within", "xfailed")]
     first = cards[0]
-    assert (first["measured_expression"], first["measured_value"], first["bound"]) == ("support_radius()", "9 px",
+    assert (first["measured_expression"], first["measured_value"], first["bound"]) == ("support_radius()", "12 px",
                                                                                       "<= 1 px")
-    assert first["hint"].startswith("the support reaches the image edge (its farthest blocks, 9 px from the ROI)")
+    assert first["hint"].startswith("the support reaches the image edge (12 px from the ROI)")
     # thumbnails: the support panel for the support property, the effect per block for the other; each outlines
     # the property's own offending blocks at their place in the 32x32 px grid
     assert [c["thumb"]["kind"] for c in cards] == ["support", "effect", "support"]

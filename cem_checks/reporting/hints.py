@@ -43,8 +43,8 @@ def _at_edge(m: float, edge: float | None) -> bool:
     return edge is not None and m >= edge
 
 
-def _edge(m: float) -> str:
-    return f"the image edge (its farthest blocks, {_px(m)} from the ROI)"
+def _edge(m: float, what: str = "its farthest blocks, ") -> str:
+    return f"the image edge ({what}{_px(m)} from the ROI)"
 
 
 def _context(m: float, edge: float | None) -> str:
@@ -56,7 +56,7 @@ def _receptive_field(m: float, b: float, p: dict, edge: float | None) -> str:
         return (f"blocks farther than {_px(float(p['within']))} (the nearest at {_px(m)}) change the ROI output; the "
                 f"bound is {_px(b)}: the model uses context beyond the bound: raise the bound if intended, or inspect "
                 "the outlined blocks")
-    where = _edge(m) if _at_edge(m, edge) else f"up to {_px(m)}"
+    where = _edge(m, "") if _at_edge(m, edge) else f"up to {_px(m)}"  # a radius in pixels, not blocks
     return (f"the support reaches {where}; the bound is {_px(b)}: the model uses context {_context(m, edge)}: raise "
             "the bound if intended, or inspect the outlined blocks")
 
