@@ -53,6 +53,11 @@ OPS = tuple(_OPS) + ("between",)
 DEFAULT_MAP_HINT = (
     "result.to_frame() lists every block (distance_px, effect_db, CI); result.save('cem_map.npz') keeps the map"
 )
+#: The hint of an outcome checked on a :class:`SupportResult` (the support stage alone: no effects to list).
+SUPPORT_HINT = (
+    "result.to_frame() lists every block (distance_px, support, resolved: the support stage estimated no effects); "
+    "result.save('cem_support.npz') keeps it"
+)
 
 __all__ = [
     "CausalPropertyError",
@@ -283,30 +288,42 @@ _COLLECTORS: contextvars.ContextVar[tuple] = contextvars.ContextVar("cem_checks_
 
 
 @contextmanager
-def collect_outcomes(map_hint: str | None = None, *, isolated: bool = False) -> Iterator[list]:
+def collect_outcomes(map_hint: str | None = None, *, also: str | None = None,
+                     isolated: bool = False) -> Iterator[list]:
     """Collect, in order, every :class:`PropertyOutcome` produced by a ``check_*`` / ``assert_*`` call inside the
     block (passes and failures; a failing ``assert_*`` is collected before it raises). Nested blocks each
     collect. ``map_hint`` (e.g. where a report shows the map) replaces the default hint of the outcomes made
-    inside; the innermost hint given wins. ``isolated=True`` hides the block from the enclosing blocks: they
-    do not receive its outcomes (e.g. a test session run inside another one)."""
-    if map_hint is not None and not isinstance(map_hint, str):
-        raise CEMInputError(f"map_hint={describe_value(map_hint)} must be a string or None.")
+    inside; ``also`` is added to the default hint of each result's kind instead (a map lists its effects, a
+    support-stage result its support), e.g. where the results are written; the innermost block that gives either
+    wins. ``isolated=True`` hides the block from the enclosing blocks: they do not receive its outcomes (e.g. a
+    test session run inside another one)."""
+    for name, value in (("map_hint", map_hint), ("also", also)):
+        if value is not None and not isinstance(value, str):
+            raise CEMInputError(f"{name}={describe_value(value)} must be a string or None.")
     if not isinstance(isolated, bool):
         raise CEMInputError(f"isolated={isolated!r} must be True or False.")
     out: list = []
-    token = _COLLECTORS.set((() if isolated else _COLLECTORS.get()) + ((out, map_hint),))
+    token = _COLLECTORS.set((() if isolated else _COLLECTORS.get()) + ((out, (map_hint, also)),))
     try:
         yield out
     finally:
         _COLLECTORS.reset(token)
 
 
-def _map_hint(result: CEMResult) -> str:
-    for _, hint in reversed(_COLLECTORS.get()):
+def default_hint(result: Any) -> str:
+    """Where to see every block of ``result``: its effects for a map, its support for a support-stage result."""
+    return SUPPORT_HINT if isinstance(result, SupportResult) else DEFAULT_MAP_HINT
+
+
+def _map_hint(result: CEMResult | SupportResult) -> str:
+    for _, (hint, also) in reversed(_COLLECTORS.get()):
         if hint is not None:
             return hint
-    hint = result.meta.get("map_hint") if isinstance(result.meta, dict) else None
-    return hint if isinstance(hint, str) else DEFAULT_MAP_HINT
+        if also is not None:
+            return f"{default_hint(result)}; {also}"
+    meta = getattr(result, "meta", None)
+    hint = meta.get("map_hint") if isinstance(meta, dict) else None
+    return hint if isinstance(hint, str) else default_hint(result)
 
 
 def _finish(outcome: PropertyOutcome, raise_on_failure: bool) -> PropertyOutcome:

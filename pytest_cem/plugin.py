@@ -137,14 +137,14 @@ def pytest_runtest_call(item: pytest.Item):
         return (yield)
     from cem_checks import checks
     settings = settings_for(item) if marked else item.config.stash[BASE_SETTINGS_KEY]
-    hint = None
+    also = None
     written = [f"the HTML report {settings.report}"] if settings.report is not None else []
     written += [str(settings.json)] if settings.json is not None else []
     if written:
-        hint = f"{checks.DEFAULT_MAP_HINT}; this test's maps and properties are written to {' and '.join(written)}"
+        also = f"this test's maps and properties are written to {' and '.join(written)}"
     from cem_checks.sweeps import collect_over_outcomes
 
-    with checks.collect_outcomes(map_hint=hint) as outcomes, collect_over_outcomes() as over:
+    with checks.collect_outcomes(also=also) as outcomes, collect_over_outcomes() as over:
         try:
             return (yield)
         finally:

@@ -303,3 +303,19 @@ def test_a_model_the_trace_refuses_is_tested_on_the_whole_input(natural32):
     res = cc.compute_support(model, natural32, task="sr2", roi=(8, 8, 8), block_size=2, within=3, **QUICK)
     info = res.meta["support_search"]
     assert info["reach"].startswith("not traced") and info["frame"]["crop"] is None and info["tests_run"] == 1
+
+
+def test_a_support_result_hints_at_its_support_not_at_effects(natural32):
+    """A failure on the support stage alone names what that result lists (its support), not effects it does not
+    have; a collector's ``also`` (where the plugin wrote the results) is added to the hint of either kind."""
+    s = cc.compute_support(ConvStack((1, 1, 1, 1, 1)), natural32, task="dn25", roi=(8, 8, 8), block_size=4,
+                           progress=False, device="cpu")
+    out = cc.check_receptive_field_within(s, 1)
+    assert not out.passed and out.map_hint == cc.checks.SUPPORT_HINT and "effect_db" not in out.message()
+    assert set(s.to_frame().columns) >= {"distance_px", "support", "resolved"}
+    with cc.checks.collect_outcomes(also="written to r.json"):
+        again = cc.check_receptive_field_within(s, 1)
+        on_map = cc.check_receptive_field_within(cc.CEMResult.from_effects(np.ones((8, 8)), roi=(8, 8, 8),
+                                                                           block_size=4), 1)
+    assert again.map_hint == cc.checks.SUPPORT_HINT + "; written to r.json"
+    assert on_map.map_hint == cc.checks.DEFAULT_MAP_HINT + "; written to r.json"
