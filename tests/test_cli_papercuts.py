@@ -70,18 +70,15 @@ def test_report_merge_without_files_names_what_is_missing(tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_typed_error_of_the_engine_exits_2(command, model_args, tmp_path, capsys, monkeypatch):
-    # what the engine raises for a ROI that leaves no block outside it: any CEMError is a usage/input error
-    from cem_checks.engine import Job
-
-    def whole_image(self, *args, **kwargs):
-        raise ROIError("the ROI (0, 0, 32) covers every block of the 8x8 map: no block outside it to measure.")
-
-    monkeypatch.setattr(Job, "map", whole_image)
-    monkeypatch.setattr(Job, "support", whole_image)
+def test_a_typed_error_of_the_engine_exits_2(command, model_args, tmp_path, capsys):
+    # a ROI that leaves no block outside it (the whole 32x32 image): the engine's ROIError, before any draw; any
+    # CEMError is a usage/input error, never an internal one
+    args = list(model_args)
+    args[args.index("--roi") + 1] = "0,0,32"
     extra, output = COMMANDS[command]
-    code, _, err = cem(capsys, command, *model_args, *extra, "-o", tmp_path / output)
-    assert code == 2 and err.startswith("cem: error: the ROI (0, 0, 32) covers every block") and "internal" not in err
+    code, _, err = cem(capsys, command, *args, *extra, "-o", tmp_path / output)
+    assert code == 2 and err.startswith("cem: error: roi (0, 0, 32) covers every block") and "internal" not in err
+    assert not (tmp_path / output).exists()
 
 
 @pytest.mark.parametrize("bad", ["-1", "nan", "inf", "wide"])
