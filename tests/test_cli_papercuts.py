@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from cem_checks.errors import ROIError
 from nets import ConvStack
 
 from test_cli_gate import JOB, cem, model_args  # noqa: F401 (model_args: a fixture)
