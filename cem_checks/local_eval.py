@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import operator
 import warnings
@@ -93,6 +94,15 @@ def _pair(v: Any) -> tuple[int, int]:
 
 class Refused(Exception):
     """The model has an operation that local evaluation does not support (the message says which and why)."""
+
+
+class GlobalOp(Refused):
+    """An operation that is global whatever the input's shape (a reduction, attention, a normalisation over the
+    image): capturing the model at the job's shape would refuse it too."""
+
+
+#: Methods whose refusal in a symbolic trace comes from shape code, which a capture at a fixed shape resolves.
+_SHAPE_METHODS = {"size", "view", "reshape", "expand", "repeat", "flatten", "permute", "transpose"}
 
 
 # ------------------------------------------------------------------------------------------ geometries
@@ -356,9 +366,10 @@ class _Op:
 class LocalPlan:
     """A traced model ready for local evaluation (see the module docstring). Build with :func:`build_plan`."""
 
-    def __init__(self, gm, ops: list[_Op]):
+    def __init__(self, gm, ops: list[_Op], shape: tuple[int, ...] | None = None):
         self.gm = gm
         self.ops = ops
+        self.shape = shape  # the one input shape of a captured plan; None: a symbolic trace, any shape
         self.index = {op.node: i for i, op in enumerate(ops)}
         self.n_conv = sum(op.conv_like for op in ops)
 
@@ -542,23 +553,108 @@ def _attr(gm, target: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ the trace
-def build_plan(model: Any) -> tuple[LocalPlan | None, str]:
+def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | None, str]:
     """Trace ``model`` and check that every operation that depends on the input is supported. Returns
-    ``(plan, "ok")`` or ``(None, reason)``. Shapes are checked when the plan meets an input (:class:`FrameEvaluator`)."""
-    if not isinstance(model, nn.Module):
-        return None, f"not an nn.Module ({type(model).__name__})"
+    ``(plan, "ok")`` or ``(None, reason)``. Shapes are checked when the plan meets an input (:class:`FrameEvaluator`).
+
+    First the symbolic trace (``torch.fx``), valid at any input shape. A model that it cannot read (shape code such
+    as ``n, c, h, w = x.shape``, padding to a multiple, control flow on sizes, a plain function wrapping a model)
+    is captured instead as it really runs at the shape of ``x`` (:func:`capture`, when ``x`` is given): every
+    size is then a constant, and the plan is valid at that shape only (``plan.shape``). A model refused for a
+    global operation is not captured (the capture would refuse it too)."""
     from .engine.guard import preserved
 
-    try:  # a symbolic trace writes its proxies into attributes that forward assigns: restored after
-        with warnings.catch_warnings(), preserved(model):
-            warnings.simplefilter("ignore")
-            gm = torch.fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: not supported
-        return None, f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if isinstance(model, nn.Module):
+        try:  # a symbolic trace writes its proxies into attributes that forward assigns: restored after
+            with warnings.catch_warnings(), preserved(model):
+                warnings.simplefilter("ignore")
+                gm = torch.fx.symbolic_trace(model)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means: not supported
+            why = f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        else:
+            try:
+                return LocalPlan(gm, _ops(gm)), "ok"
+            except GlobalOp as exc:
+                return None, str(exc)
+            except Refused as exc:
+                why = str(exc)
+    else:
+        why = f"not an nn.Module ({type(model).__name__})"
+    if x is None:
+        return None, why
+    gm, cwhy = capture(model, x)
+    if gm is None:
+        return None, f"{why}; {cwhy}"
     try:
-        return LocalPlan(gm, _ops(gm)), "ok"
+        plan = LocalPlan(gm, _ops(gm))
     except Refused as exc:
-        return None, str(exc)
+        return None, f"{why}; captured at {tuple(x.shape)}: {exc}"
+    plan.shape = tuple(x.shape)
+    return plan, "ok"
+
+
+#: Functions a capture names by their internal aliases, mapped to the public ones the geometries know.
+_CAPTURE_ALIASES = {torch._C._nn.pad: F.pad}
+
+
+def capture(model: Any, x: torch.Tensor) -> tuple[Any, str]:
+    """The graph ``model`` really runs on an input of the shape of ``x``, captured by ``torch.compile``
+    (TorchDynamo, ``fullgraph=True``, static shapes): sizes, shape code and data-independent control flow become
+    constants; forward hooks, in-place updates and attribute writes are seen as they run. Returns ``(graph module,
+    "ok")`` with one input (the image) and every other value (parameters, buffers, constants) as attributes, or
+    ``(None, reason)`` when the model cannot be captured as one graph. The model is left as it was (the capture
+    runs it once: whatever its forward writes is restored)."""
+    from .engine.guard import preserved
+
+    graphs: list = []
+
+    def backend(gm, example_inputs):
+        graphs.append((gm, list(example_inputs)))
+        return gm.forward
+
+    x = x.detach().clone()  # a plain tensor (not an inference tensor) of the job's shape
+    # torch's structured trace log records every step of the capture at DEBUG level, which a handler on the root
+    # logger (pytest's log capture) would receive and format: silenced while capturing, then restored
+    trace_log = logging.getLogger("torch.__trace")
+    level = trace_log.level
+    try:
+        import torch._dynamo  # noqa: F401 - torch.compile's capture
+
+        trace_log.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), preserved(model), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.compile(model, backend=backend, fullgraph=True, dynamic=False)(x)
+    except Exception as exc:  # noqa: BLE001 - any capture failure means: not supported
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return None, f"torch.compile cannot capture it as one graph at {tuple(x.shape)} ({type(exc).__name__}: {first})"
+    finally:
+        trace_log.setLevel(level)
+    if not graphs:
+        return None, f"torch.compile ran the model without capturing a graph at {tuple(x.shape)}"
+    gm, examples = graphs[-1]
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    image = [n for n, e in zip(inputs, examples) if e is x]
+    if len(image) != 1 or len(inputs) != len(examples):
+        return None, "the captured graph does not take the image as one of its inputs"
+    for k, (n, e) in enumerate(zip(inputs, examples)):
+        if e is x:
+            continue
+        if not isinstance(e, torch.Tensor):
+            return None, f"the captured graph takes a non-tensor input {n.name} ({type(e).__name__})"
+        name = f"_captured{k}"
+        gm.register_buffer(name, e.detach())
+        with gm.graph.inserting_before(n):
+            const = gm.graph.get_attr(name)
+        n.replace_all_uses_with(const)
+        gm.graph.erase_node(n)
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in _CAPTURE_ALIASES:
+            n.target = _CAPTURE_ALIASES[n.target]
+        if n.op == "output" and isinstance(n.args[0], (tuple, list)) and len(n.args[0]) == 1:
+            n.args = (n.args[0][0],)
+    gm.graph.lint()
+    gm.recompile()
+    return gm, "ok"
 
 
 def _ops(gm) -> list[_Op]:
@@ -613,17 +709,27 @@ class _Bound(Pointwise):
         super().__init__(None, depends)
         self.n, self.fn, self.pos = n, fn, {a: i for i, a in enumerate(deps)}
         self.resolve: Callable[[Any], Any] | None = None
+        self.hw: tuple[int, int] = (1, 1)  # the node's grid in this frame
 
     def bind(self, in_hws, resolve):
         self.resolve = resolve
+        self.hw = max(in_hws, key=lambda hw: hw[0] * hw[1]) if in_hws else (1, 1)
 
     def run(self, ins, out, reads):  # a method of its own (a copy per frame binds its own constants)
-        return self._call(ins)
+        return self._call(ins, out)
 
-    def _call(self, ins):
+    def _call(self, ins, out=None):
         def sub(a):
             if isinstance(a, torch.fx.Node):
-                return ins[self.pos[a]] if a in self.pos else self.resolve(a)
+                if a in self.pos:
+                    return ins[self.pos[a]]
+                v = self.resolve(a)
+                # a constant image of the node's grid (e.g. a noise-level map made at a captured shape) is read on
+                # the box computed, as the inputs are
+                if (out is not None and isinstance(v, torch.Tensor) and v.ndim >= 2 and self.hw != (1, 1)
+                        and tuple(v.shape[-2:]) == self.hw):
+                    v = v[..., out[0]: out[1], out[2]: out[3]]
+                return v
             return a
 
         return self.fn(*torch.fx.node.map_aggregate(self.n.args, sub), **torch.fx.node.map_aggregate(self.n.kwargs, sub))
@@ -648,7 +754,7 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
             raise Refused(f"{n.target}: unexpected call arguments")
         for t, reason in _GLOBAL_MODULES.items():
             if isinstance(m, t):
-                raise Refused(f"{n.target}: {type(m).__name__} is not a local operation ({reason})")
+                raise GlobalOp(f"{n.target}: {type(m).__name__} is not a local operation ({reason})")
         if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:
             return _conv(m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, m.padding_mode, m.kernel_size,
                          n.target), True
@@ -683,7 +789,8 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
     if n.op == "call_method":
         name = str(n.target)
         if name in _GLOBAL_METHODS:
-            raise Refused(f"{n.name}: .{name}() is {_GLOBAL_METHODS[name]}")
+            kind = Refused if name in _SHAPE_METHODS else GlobalOp
+            raise kind(f"{n.name}: .{name}() is {_GLOBAL_METHODS[name]}")
         if name not in _POINTWISE_METHODS and name not in _INPLACE_METHODS:
             raise Refused(f"{n.name}: method .{name}() is not a supported local operation")
         method = name[:-1] if name in _INPLACE_METHODS else name
@@ -692,7 +799,7 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
     fn = n.target
     name = getattr(fn, "__name__", str(fn))
     if fn in _GLOBAL_FUNCS:
-        raise Refused(f"{n.name}: {name} is {_GLOBAL_FUNCS[fn]}")
+        raise (Refused if fn is torch.flatten else GlobalOp)(f"{n.name}: {name} is {_GLOBAL_FUNCS[fn]}")
     args = list(n.args)
     kw = dict(n.kwargs)
 
@@ -727,8 +834,11 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
     if fn in (F.interpolate, F.upsample):
         if bool(kw.get("antialias", False)):
             raise Refused(f"{n.name}: antialiased resampling")
-        return _upsample(arg(2, "scale_factor"), arg(1, "size"), arg(3, "mode", "nearest"), arg(4, "align_corners"),
-                         n.name), False
+        scale, size = arg(2, "scale_factor"), arg(1, "size")
+        if size is not None and scale is None:  # a size, from a captured graph whose shapes are known: a factor
+            scale = _factor_of_size(size, args[0] if args else kw.get("input"))
+            size = None if scale is not None else size
+        return _upsample(scale, size, arg(3, "mode", "nearest"), arg(4, "align_corners"), n.name), False
     if fn in (F.avg_pool2d, F.max_pool2d):
         cls = nn.AvgPool2d if fn is F.avg_pool2d else nn.MaxPool2d
         return _pool(cls(*[constant(a) for a in args[1:]], **{k: constant(v) for k, v in kw.items()}), n.name), True
@@ -781,6 +891,21 @@ def _tconv(w, b, stride, padding, dilation, groups, kernel_size, where, output_p
     extent = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
     fn = lambda t, w=w, b=b, s=s, d=d, g=groups: F.conv_transpose2d(t, w, b, s, 0, 0, g, d)  # noqa: E731
     return Transposed(fn, s, p, extent)
+
+
+def _factor_of_size(size: Any, source: Any) -> tuple[int, int] | None:
+    """The integer factors that resample ``source`` (a node of a captured graph, whose example value has a shape)
+    to ``size``; None when its shape is unknown or a factor is not an integer."""
+    value = source.meta.get("example_value") if isinstance(source, torch.fx.Node) else None
+    if not isinstance(value, torch.Tensor) or value.ndim < 2:
+        return None
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) != 2:
+        return None
+    h, w = int(value.shape[-2]), int(value.shape[-1])
+    if h < 1 or w < 1 or size[0] % h or size[1] % w:
+        return None
+    return size[0] // h, size[1] // w
 
 
 def _upsample(scale, size, mode, align_corners, where) -> Geometry:
@@ -882,7 +1007,9 @@ class FrameEvaluator:
 
     def __init__(self, plan: LocalPlan, x: torch.Tensor, roi: Box):
         # the geometries learn this frame's sizes and constants: a copy of the plan's, so frames do not share them
-        plan = LocalPlan(plan.gm, [dataclasses.replace(op, geo=copy.copy(op.geo)) for op in plan.ops])
+        if plan.shape is not None and tuple(x.shape) != plan.shape:
+            raise Refused(f"the plan was captured for inputs of shape {plan.shape}, not {tuple(x.shape)}")
+        plan = LocalPlan(plan.gm, [dataclasses.replace(op, geo=copy.copy(op.geo)) for op in plan.ops], plan.shape)
         self.plan = plan
         self.roi = roi
         self.base = plan.baseline(x)
@@ -999,7 +1126,7 @@ def traced_reach(model: Any, x: torch.Tensor, roi: Box) -> tuple[Box | None, str
     model's: a trace may miss what the model runs), or ``(None, reason, None)`` when the model is refused."""
     from .engine.runner import is_oom
 
-    plan, why = build_plan(model)
+    plan, why = build_plan(model, x)
     if plan is None:
         return None, why, None
     try:

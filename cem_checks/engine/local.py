@@ -120,7 +120,7 @@ def local_setup(eng: Engine, frame: Frame, blocks: np.ndarray, opts: FastOptions
         return None, info
     from ..local_eval import build_plan
 
-    plan, why = build_plan(eng.runner.model)
+    plan, why = build_plan(eng.runner.model, frame.x.to(eng.runner.dtype))
     if plan is None:
         info["check"] = f"unsupported: {why}"
         return None, info

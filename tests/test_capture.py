@@ -1,0 +1,183 @@
+"""Local evaluation of models written with shape code, as repositories write them: the symbolic trace cannot read
+``x.shape``, padding to a multiple, sizes passed to ``interpolate`` or a wrapper function, so the model is captured
+as it runs at the job's input shape (``torch.compile``, static shapes), where every size is a constant. The plan is
+then verified like any other (local vs full forward on real interventions, a border block among them), its reach
+confirmed by a group test, and the support equals paper mode's exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cem_checks as cc
+from cem_checks import local_eval as le
+from nets import _init
+
+
+class KairFFDNet(nn.Module):
+    """FFDNet as KAIR writes it: the size read from ``x.shape``, padding to even sizes, a noise-level map of the
+    downsampled size, crop back to the input size."""
+
+    def __init__(self, sigma: float = 25 / 255):
+        super().__init__()
+        self.sigma = sigma
+        self.body = nn.Sequential(nn.Conv2d(13, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 12, 3, padding=1))
+        _init(self, 0)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+        y = F.pixel_unshuffle(x, 2)
+        noise = torch.full((n, 1, y.shape[2], y.shape[3]), self.sigma, device=x.device, dtype=x.dtype)
+        y = F.pixel_shuffle(self.body(torch.cat([y, noise], 1)), 2)
+        return y[..., :h, :w]
+
+
+class PadToMultiple(nn.Module):
+    """A U-Net-style ``check_image_size``: reflect-pad to a multiple of 8, a strided encoder and a pixel-shuffle
+    decoder, crop back."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.up = nn.Conv2d(8, 12, 1)
+        _init(self, 1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        ph, pw = (8 - h % 8) % 8, (8 - w % 8) % 8
+        y = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        y = F.pixel_shuffle(self.up(F.relu(self.mid(F.relu(self.down(y))))), 2)
+        return x + 0.1 * y[:, :, :h, :w]
+
+
+class InterpolateBySize(nn.Module):
+    """x2 SR upsampled by size (``F.interpolate(size=(2h, 2w))``), a residual convolution on top."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        _init(self, 2)
+
+    def forward(self, x):
+        h, w = x.shape[2], x.shape[3]
+        up = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+        return up + 0.1 * self.conv(up)
+
+
+class BranchOnSize(nn.Module):
+    """Control flow on the input's size, resolved at capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.small, self.large = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 5, padding=2)
+        _init(self, 3)
+
+    def forward(self, x):
+        if x.shape[-1] >= 48:
+            return x + 0.1 * self.large(x)
+        return x + 0.1 * self.small(x)
+
+
+class SpatialMean(nn.Module):
+    """Shape code around a global operation: captured, then refused for the mean over the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        _init(self, 4)
+
+    def forward(self, x):
+        h = x.shape[-2]
+        return self.conv(x) + x.mean(dim=(2, 3), keepdim=True) * (h / h)
+
+
+def _image(size: int) -> torch.Tensor:
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(size))
+
+
+CASES = {  # model, task, image side, ROI, block, exact reach of the ROI output in input px
+    "kair-ffdnet": (KairFFDNet, "dn25", 48, (16, 16, 16), 4, 4),
+    "pad-to-multiple": (PadToMultiple, "dn25", 44, (16, 16, 8), 4, 3),
+    "interpolate-by-size": (InterpolateBySize, "sr2", 24, (16, 16, 8), 2, 1),  # bilinear +-1, then a 3x3 conv at 2x
+    "branch-on-size": (BranchOnSize, "dn25", 48, (16, 16, 16), 4, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shape_code_is_captured_and_evaluated_locally(name):
+    make, task, side, roi, block, reach = CASES[name]
+    model = make().eval()
+    image = _image(side)
+    x = image[None]
+    assert le.build_plan(model)[0] is None  # the symbolic trace alone cannot read it
+    plan, why = le.build_plan(model, x)
+    assert why == "ok" and plan.shape == tuple(x.shape)
+    kw = dict(task=task, roi=roi, block_size=block, coarse=2, fine=4, progress=False, device="cpu", seed=0)
+    fast = cc.compute_cem(model, image, **kw)
+    paper = cc.compute_cem(model, image, mode="paper", **kw)
+    info = fast.meta["fast"]["local_eval"]
+    # verified against the model's forward on real interventions (nearest, farthest, median, a border block)
+    assert info["used"] is True and info["draws"] > 0, info
+    np.testing.assert_array_equal(fast.support, paper.support)
+    assert cc.support_radius(fast) == reach
+
+
+def test_a_captured_plan_matches_the_forward_at_border_blocks():
+    """At the image's corner the replicate padding and the crop back both matter; the ROI outputs of interventions
+    evaluated locally equal the model's forward within 1e-5."""
+    model = KairFFDNet().eval()
+    x = _image(47)[None]  # odd: the capture pads to 48 and crops back
+    plan, _ = le.build_plan(model, x)
+    roi = (0, 8, 0, 8)
+    g = torch.Generator().manual_seed(9)
+    blocks = [(0, 4, 4, 8), (8, 12, 0, 4), (4, 8, 8, 12)]  # (y0, y1, x0, x1): on the top and left borders, inside
+    contents = [torch.rand(2, 3, 4, 4, generator=g) for _ in blocks]
+    with torch.inference_mode():
+        ev = le.FrameEvaluator(plan, x, roi)
+        assert torch.equal(ev.roi_base, model(x)[..., :8, :8])
+        got = ev.roi_outputs_many(blocks, contents)
+        for (y0, y1, x0, x1), content, local in zip(blocks, contents, got):
+            moved = x.repeat(2, 1, 1, 1)
+            moved[..., y0:y1, x0:x1] = content
+            assert float((local - model(moved)[..., :8, :8]).abs().max()) <= 1e-5
+
+
+def test_a_plan_captured_at_one_shape_refuses_another():
+    model = KairFFDNet().eval()
+    plan, _ = le.build_plan(model, _image(48)[None])
+    with pytest.raises(le.Refused, match=r"captured for inputs of shape \(1, 3, 48, 48\), not \(1, 3, 32, 32\)"):
+        le.FrameEvaluator(plan, _image(32)[None], (8, 16, 8, 16))
+
+
+def test_a_wrapper_function_is_captured():
+    model = KairFFDNet().eval()
+    plan, why = le.build_plan(lambda t: model(t * 2.0) / 2.0, _image(32)[None])
+    assert why == "ok" and plan is not None
+
+
+def test_capture_refuses_a_global_operation_by_name():
+    plan, why = le.build_plan(SpatialMean().eval(), _image(32)[None])
+    assert plan is None and "mean" in why and "captured at (1, 3, 32, 32)" in why
+
+
+def test_capture_leaves_the_model_as_it_was():
+    class Writes(KairFFDNet):
+        def forward(self, x):
+            self.last_size = x.shape[-1]
+            self.seen = x
+            return super().forward(x)
+
+    model = Writes().eval()
+    before = dict(model.__dict__)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _image(32)[None]
+    plan, why = le.build_plan(model, x)
+    assert why == "ok"
+    assert model.__dict__.keys() == before.keys() and all(model.__dict__[k] is v for k, v in before.items())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not hasattr(model, "last_size") and torch.equal(model(x), KairFFDNet.forward(model, x))
