@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import Refused, _attr
-from .geometry import _PADDING_MODES, Gather, Geometry, Pointwise, Resample, Shuffle, Transposed, Window, _pad_index, _pair
+from .geometry import (
+    _PADDING_MODES, Gather, Geometry, Pointwise, Resample, Shuffle, Transposed, Window, _pad_index, _pair,
+)
 
 
 _POINTWISE_MODULES: dict[type, Callable[[nn.Module], Callable]] = {
