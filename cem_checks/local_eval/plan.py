@@ -32,7 +32,7 @@ class _Op:
 
 
 class LocalPlan:
-    """A traced model ready for local evaluation (see the module docstring). Build with :func:`build_plan`."""
+    """A traced model ready for local evaluation (see :mod:`cem_checks.local_eval`). Build with :func:`build_plan`."""
 
     def __init__(self, gm, ops: list[_Op]):
         self.gm = gm
