@@ -83,8 +83,8 @@ def test_every_package_of_the_checkout_is_listed_and_ships_in_the_wheel(dist):
     assert "cem_checks.local_eval" in found
     assert not sorted(found - listed), f"pyproject.toml's packages lack {sorted(found - listed)}"
     names = set(zipfile.ZipFile(dist["wheel"]).namelist())
-    modules = sorted(str(p.relative_to(ROOT)) for top in ("cem_checks", "pytest_cem") for p in (ROOT / top).rglob("*.py")
-                     if "__pycache__" not in p.parts)
+    modules = sorted(str(p.relative_to(ROOT)) for top in ("cem_checks", "pytest_cem")
+                     for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts)
     assert not [m for m in modules if m not in names], f"the wheel lacks {[m for m in modules if m not in names]}"
 
 def _dependencies_view(folder: Path) -> Path:
