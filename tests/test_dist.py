@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -71,6 +72,20 @@ def test_wheel_carries_the_templates_the_bundled_data_and_the_entry_points(dist)
         in_sdist = {n.removeprefix(top + "/") for n in tar.getnames()}
     assert not sorted(str(p.relative_to(ROOT)) for p in SHIPPED if str(p.relative_to(ROOT)) not in in_sdist)
 
+
+def test_every_package_of_the_checkout_is_listed_and_ships_in_the_wheel(dist):
+    """A subpackage left out of ``[tool.setuptools] packages`` ships only as package data of its parent, with
+    setuptools' warning "Package would be ignored": every folder with an ``__init__.py`` is listed, every module
+    ships."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("cem_checks", "pytest_cem")
+             for p in (ROOT / top).rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert "cem_checks.local_eval" in found
+    assert not sorted(found - listed), f"pyproject.toml's packages lack {sorted(found - listed)}"
+    names = set(zipfile.ZipFile(dist["wheel"]).namelist())
+    modules = sorted(str(p.relative_to(ROOT)) for top in ("cem_checks", "pytest_cem")
+                     for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts)
+    assert not [m for m in modules if m not in names], f"the wheel lacks {[m for m in modules if m not in names]}"
 
 def _dependencies_view(folder: Path) -> Path:
     """A folder of links to everything this environment has installed except pytest-cem itself (its editable

@@ -1,0 +1,158 @@
+"""Evaluating a plan on the windows of one frame: :class:`FrameEvaluator` (the baseline of a frame, the schedules
+of its blocks, interventions evaluated together in groups, :data:`GROUP_SLACK`) and :func:`traced_reach` (the input
+box the ROI output can depend on, from the traced graph).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import torch
+
+from .capture import Refused
+from .geometry import EMPTY, Box, _area, _empty, _union
+from .plan import LocalPlan, build_plan
+
+
+class FrameEvaluator:
+    """Local evaluation of single-block interventions in one frame (a window of the model input).
+
+    ``x`` is the frame's baseline input (1, C, h, w) in the model's dtype, ``roi`` the ROI box in the pixels of
+    the model's output of that frame (input pixels times the model's scale). Counts the images evaluated
+    (``draws``) and the pixels computed (see :meth:`LocalPlan.conv_pixels`). Raises :class:`Refused` when a node
+    is not an image batch."""
+
+    def __init__(self, plan: LocalPlan, x: torch.Tensor, roi: Box):
+        # the geometries learn this frame's sizes and constants: a copy of the plan's, so frames do not share them
+        if plan.shape is not None and tuple(x.shape) != plan.shape:
+            raise Refused(f"the plan was captured for inputs of shape {plan.shape}, not {tuple(x.shape)}")
+        plan = LocalPlan(plan.gm, [dataclasses.replace(op, geo=copy.copy(op.geo)) for op in plan.ops], plan.shape)
+        self.plan = plan
+        self.roi = roi
+        self.base = plan.baseline(x)
+        self.hws = [tuple(v.shape[-2:]) if isinstance(v, torch.Tensor) and v.ndim >= 2 else (1, 1) for v in self.base]
+        index, base = plan.index, self.base
+        for op in plan.ops:
+            if op.kind == "op":
+                op.geo.bind([self.hws[i] for i in op.inputs], lambda node: base[index[node]])
+        self.roi_base = self.base[-1][:, :, roi[0]: roi[1], roi[2]: roi[3]]
+        self._schedules: dict[Box, tuple[list[Box], float]] = {}
+        self.draws = 0
+        self.pixels = 0
+        self.last_groups = 0  # groups of blocks evaluated together by the last roi_outputs_many call
+
+    def schedule(self, block: Box) -> tuple[list[Box], float]:
+        if block not in self._schedules:
+            comp = self.plan.schedule(block, self.roi, self.hws)
+            self._schedules[block] = (comp, self.plan.conv_pixels(comp))
+        return self._schedules[block]
+
+    def reach(self) -> Box:
+        """The input box (frame pixels) that the ROI output can depend on at all."""
+        h, w = self.hws[0]
+        return self.plan.schedule((0, h, 0, w), self.roi, self.hws)[0]
+
+    def roi_outputs(self, block: Box, content: torch.Tensor) -> torch.Tensor:
+        """(n, C, rh, rw) ROI outputs of the inputs equal to the baseline except ``content`` on ``block``."""
+        return self.roi_outputs_many([block], [content])[0]
+
+    def roi_outputs_many(self, blocks: list[Box], contents: list[torch.Tensor],
+                         slack: float | None = None) -> list[torch.Tensor]:
+        """:meth:`roi_outputs` of several blocks (all of one size), in groups that run together: a group computes
+        every node on the union of its blocks' boxes, once for all its interventions stacked. Blocks join a group
+        while the union costs at most ``slack`` more than their own boxes (default :data:`GROUP_SLACK` for the
+        input's device: neighbouring blocks, and blocks near the ROI, whose boxes are its whole neighbourhood)."""
+        if slack is None:
+            slack = GROUP_SLACK.get(self.base[0].device.type, GROUP_SLACK_ACCELERATOR)
+        order = sorted(range(len(blocks)), key=lambda g: (blocks[g][0], blocks[g][2]))
+        groups: list[list[int]] = []
+        union: list[Box] = []
+        own = 0.0
+        for g in order:
+            comp, _ = self.schedule(blocks[g])
+            work = float(sum(_area(c) for c in comp)) * contents[g].shape[0]
+            if groups:
+                merged = [_union(a, c) for a, c in zip(union, comp)]
+                n = sum(contents[m].shape[0] for m in groups[-1]) + contents[g].shape[0]
+                if float(sum(_area(c) for c in merged)) * n <= (1.0 + slack) * (own + work):
+                    groups[-1].append(g)
+                    union, own = merged, own + work
+                    continue
+            groups.append([g])
+            union, own = list(comp), work
+        self.last_groups = len(groups)
+        out: list[torch.Tensor | None] = [None] * len(blocks)
+        dtype = self.base[0].dtype
+        for members in groups:
+            comp = [EMPTY] * len(self.plan.ops)
+            for g in members:
+                comp = [_union(a, c) for a, c in zip(comp, self.schedule(blocks[g])[0])]
+            x0 = self._inputs(comp[0], [blocks[g] for g in members], [contents[g].to(dtype) for g in members])
+            y = self.plan.evaluate(self.base, self.hws, comp, x0)
+            px = self.plan.conv_pixels(comp)
+            start = 0
+            for g in members:
+                n = contents[g].shape[0]
+                out[g] = y[start: start + n]
+                start += n
+                self.draws += n
+                self.pixels += round(n * px)
+        return out
+
+    def _inputs(self, U: Box, blocks: list[Box], contents: list[torch.Tensor]) -> torch.Tensor:
+        """The input on box ``U`` of every intervention (stacked in the order of ``blocks``): the baseline there,
+        each block's content written in at its place (the part inside ``U``)."""
+        counts = [c.shape[0] for c in contents]
+        x0 = self.base[0]
+        total = sum(counts)
+        if _empty(U):
+            return x0.new_zeros((total,) + tuple(x0.shape[1:-2]) + (0, 0))
+        b = blocks[0][1] - blocks[0][0]
+        # a window of U grown by one block on every side holds every block whole: scatter, then cut to U
+        y0, x_0 = U[0] - b, U[2] - b
+        h, w = U[1] - U[0] + 2 * b, U[3] - U[2] + 2 * b
+        win = x0.new_zeros((total,) + tuple(x0.shape[1:-2]) + (h, w))
+        win[..., b: b + U[1] - U[0], b: b + U[3] - U[2]] = x0[..., U[0]: U[1], U[2]: U[3]]
+        dev = x0.device
+        item = torch.repeat_interleave(torch.arange(len(blocks), device=dev), torch.as_tensor(counts, device=dev))
+        tops = torch.as_tensor([bl[0] - y0 for bl in blocks], device=dev)[item]
+        lefts = torch.as_tensor([bl[2] - x_0 for bl in blocks], device=dev)[item]
+        inside = (tops >= 0) & (lefts >= 0) & (tops + b <= h) & (lefts + b <= w)
+        content = torch.cat(contents)
+        ar = torch.arange(b, device=dev)
+        idx = torch.nonzero(inside).flatten()
+        if idx.numel():
+            rows = (tops[idx][:, None] + ar)[:, None, :, None]
+            cols = (lefts[idx][:, None] + ar)[:, None, None, :]
+            chans = torch.arange(win.shape[1], device=dev)[None, :, None, None]
+            win[idx[:, None, None, None], chans, rows, cols] = content[idx]
+        return win[..., b: b + U[1] - U[0], b: b + U[3] - U[2]]
+
+
+#: How much more work (pixels computed, summed over the nodes) a group of blocks evaluated together may do than its
+#: blocks alone, the price of running every operation once for the whole group: on the CPU the work itself
+#: dominates, on a GPU the number of kernel launches.
+GROUP_SLACK = {"cpu": 0.15}
+GROUP_SLACK_ACCELERATOR = 1.0
+
+
+def traced_reach(model: Any, x: torch.Tensor, roi: Box) -> tuple[Box | None, str, torch.Tensor | None]:
+    """The box of the input ``x`` (1, C, h, w) that the ROI output (box ``roi`` of the output) can depend on at
+    all, from the traced graph: every input pixel outside it lies beyond the reach of every path of the graph to
+    the ROI. Returns ``(box, "ok", roi_base)`` with the traced graph's own baseline ROI output (to compare with the
+    model's: a trace may miss what the model runs), or ``(None, reason, None)`` when the model is refused."""
+    from ..engine.runner import is_oom
+
+    plan, why = build_plan(model, x)
+    if plan is None:
+        return None, why, None
+    try:
+        with torch.inference_mode():
+            ev = FrameEvaluator(plan, x, roi)
+            return ev.reach(), "ok", ev.roi_base
+    except Exception as exc:  # noqa: BLE001 - a graph the plan cannot evaluate: not traced
+        if is_oom(exc):
+            raise
+        return None, str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}", None
