@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -232,6 +233,24 @@ class Engine:
                     c.put(str(phase), ci, drops[k], changed[k], what=what)
             got = list(zip(drops, changed))
         return got
+
+    def forward_in_batches(self, n: int, make: Callable[[int, int], torch.Tensor], label: str) -> list[torch.Tensor]:
+        """The outputs of ``n`` images, ``make(s0, s1)`` building images ``s0..s1-1``, forwarded in batches of at
+        most the batch size; a CUDA out-of-memory error halves the batch size (as the draws do) and retries."""
+        outs, s0 = [], 0
+        while s0 < n:
+            s1 = min(n, s0 + self.batch_size)
+            try:
+                outs.append(self.forward(make(s0, s1), label))
+            except Exception as exc:
+                if not is_oom(exc) or s1 - s0 == 1:
+                    raise
+                self.batch_size = max(1, (s1 - s0) // 2)
+                self.oom_backoffs += 1
+                torch.cuda.empty_cache()
+                continue
+            s0 = s1
+        return outs
 
     def _run_chunk_frames(self, frames: list[Frame], phase: Phase, ci: int, items, blocks, patches, n: int,
                           batch: int | None = None, pixels: PixelMask | None = None):

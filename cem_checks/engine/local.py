@@ -162,12 +162,11 @@ def local_verdict(eng: Engine, local: LocalDraws, blocks: np.ndarray, opts: Fast
     checked = np.repeat(pick, 2)
     patches = eng.patch_ids(LOCAL_CHECK, (len(checked),))
     content, top, left = eng.chunk_content(LOCAL_CHECK, 0, checked, patches)
-    ref = []
-    for s0 in range(0, len(checked), eng.batch_size):
-        s1 = min(len(checked), s0 + eng.batch_size)
+    def intervened(s0: int, s1: int) -> torch.Tensor:
         one_each = torch.arange(s1 - s0, device=eng.device)
-        x = eng.intervened(frame, s1 - s0, one_each, top[s0:s1], left[s0:s1], content[s0:s1])
-        ref.append(eng.forward(x, " (checking local evaluation)")[frame.sl])
+        return eng.intervened(frame, s1 - s0, one_each, top[s0:s1], left[s0:s1], content[s0:s1])
+
+    ref = [out[frame.sl] for out in eng.forward_in_batches(len(checked), intervened, " (checking local evaluation)")]
     px0 = ev.pixels
     try:
         loc, _ = local.roi_outputs(checked, top, left, content)
