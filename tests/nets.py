@@ -137,7 +137,7 @@ def jacobian_dependence(model: nn.Module, x: torch.Tensor, roi, seed: int = 0) -
     """(h, w) bool: the input pixels on which the ROI output (box ``roi`` = (x, y, size) of the output) depends,
     by autograd (a random projection of the Jacobian: exact for generic weights)."""
     x = x.clone().requires_grad_(True)
-    out = model(x)
+    out = model(x.clone())  # a copy: models that scale their input in place get a tensor they may modify
     rx, ry, s = roi
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out[:, :, ry : ry + s, rx : rx + s].shape, generator=g)

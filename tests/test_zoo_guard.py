@@ -23,16 +23,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"{UNAVAILABLE}; `make test-spandrel` runs the zoo in an environment with spandrel")
 
 
-def zoo_job(a: zoo.Arch) -> dict:
-    """The clean image (a natural crop whose model input is ``a.size`` px) and the support job's arguments: an
-    8-px ROI at the centre of the output, blocks making a 4x4 grid."""
-    side = a.size * a.scale
-    img = cc.load_image(cc.bundled_images()["astronaut"])[:, 150 : 150 + side, 180 : 180 + side]
-    image = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    c = side // 2 - 4
-    return dict(image=image, task=a.task, roi=(c, c, 8), block_size=a.size // 4)
-
-
 def _params():
     for a in zoo.ARCHS:
         marks = [] if ALL or not a.slow else [pytest.mark.skip(reason="slow zoo architecture: CEM_ZOO_ALL=1 runs it")]
@@ -44,13 +34,14 @@ def test_the_engine_never_changes_a_zoo_model(name):
     a = zoo.arch(name)
     model = a.build()
     probe = torch.rand(1, a.channels, a.size, a.size, generator=torch.Generator().manual_seed(1))
-    job = zoo_job(a)
+    kw = a.job()
+    image = kw.pop("image")
     before = snapshot(model, probe)
-    kw = dict(task=job["task"], roi=job["roi"], block_size=job["block_size"], progress=False, device="cpu", seed=0)
-    first = cc.compute_support(model, job["image"], **kw)
+    kw.update(progress=False, device="cpu", seed=0)
+    first = cc.compute_support(model, image, **kw)
     assert changes(model, before, probe) == []
     before = snapshot(model, probe)  # the probe's own forward rebinds what forward writes: compare from here
-    second = cc.compute_support(model, job["image"], **kw)
+    second = cc.compute_support(model, image, **kw)
     assert changes(model, before, probe) == []
     assert first.support.any()  # the ROI's own blocks at least
     assert np.array_equal(first.support, second.support) and np.array_equal(first.resolved, second.resolved)

@@ -71,6 +71,20 @@ class Arch:
         """The engine task matching the scale: ``sr<scale>``, or ``dn25`` for restoration at scale 1."""
         return f"sr{self.scale}" if self.scale > 1 else "dn25"
 
+    def job(self) -> dict:
+        """A tiny job for this architecture: ``image`` (uint8 (h, w, 3), a crop of a bundled natural image whose
+        model input is ``size`` px), ``task``, an 8-px ``roi`` at the centre of the output, and a ``block_size``
+        making a 4x4 grid."""
+        import numpy as np
+
+        import cem_checks as cc
+
+        side = self.size * self.scale
+        img = cc.load_image(cc.bundled_images()["astronaut"])[:, 150 : 150 + side, 180 : 180 + side]
+        c = side // 2 - 4
+        return dict(image=(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), task=self.task,
+                    roi=(c, c, 8), block_size=self.size // 4)
+
     def build(self, seed: int = 0) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
