@@ -5,7 +5,8 @@ One row per architecture, on its tiny job (``Arch.job``: a natural crop, an 8-px
 a 4x4 grid of blocks):
 
 - ``local in truth``: the input pixels the ROI output depends on (autograd: a random projection of the Jacobian
-  of the ROI output, exact for generic weights) all lie strictly inside the image, none on its border rows or
+  of the ROI output, exact for generic weights; where autograd fails on an in-place update, each pixel replaced
+  in turn) all lie strictly inside the image, none on its border rows or
   columns; ``reach px``: the Chebyshev distance (input px) from the ROI footprint of the farthest of them;
 - ``local eval``: whether the engine's local evaluation takes the model (``cem_checks.local_eval.build_plan`` and
   ``traced_reach``), else its refusal, shortened; ``traced >= truth``: the traced reach box holds every pixel
@@ -51,6 +52,24 @@ def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def pixel_dependence(model: torch.nn.Module, x: torch.Tensor, roi: tuple, batch: int = 32) -> np.ndarray:
+    """(h, w) bool: the input pixels whose replacement (all channels, by random values) changes the ROI output at
+    all, bit for bit against the unchanged input in the same batch shape; one forward per pixel."""
+    rx, ry, s = roi
+    h, w = x.shape[-2:]
+    g = torch.Generator().manual_seed(0)
+    dep = np.zeros(h * w, bool)
+    with torch.no_grad():
+        base = model(x.repeat(batch, 1, 1, 1))[:1, :, ry : ry + s, rx : rx + s]
+        for start in range(0, h * w, batch):
+            idx = torch.arange(start, min(start + batch, h * w))
+            xb = x.repeat(batch, 1, 1, 1)
+            xb[torch.arange(len(idx)), :, idx // w, idx % w] = torch.rand(len(idx), x.shape[1], generator=g)
+            roi_out = model(xb)[: len(idx), :, ry : ry + s, rx : rx + s]
+            dep[idx.numpy()] = (roi_out != base).flatten(1).any(1).numpy()
+    return dep.reshape(h, w)
+
+
 def row(a: zoo.Arch, maps: bool) -> dict:
     """The row of one architecture (see the module docstring)."""
     out: dict = {"name": a.name, "scale": a.scale, "input": f"{a.size}x{a.size}"}
@@ -61,7 +80,10 @@ def row(a: zoo.Arch, maps: bool) -> dict:
     job = a.job()
     x = parse_task(job["task"]).degrade(cc.load_image(job["image"])[None])
     rx, ry, s = job["roi"]
-    dep = jacobian_dependence(model, x, job["roi"]).numpy()
+    try:
+        dep = jacobian_dependence(model, x, job["roi"]).numpy()
+    except RuntimeError:  # an in-place update of a tensor autograd needs (PLKSR in eval mode): pixel by pixel
+        dep = pixel_dependence(model, x, job["roi"])
     h, w = dep.shape
     inside = dep.any() and not (dep[0].any() or dep[-1].any() or dep[:, 0].any() or dep[:, -1].any())
     dist = BlockGrid(h, w, 1).pixel_distance(ROI(rx, ry, s).footprint(a.scale))

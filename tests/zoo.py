@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "SKIPPED", "Arch", "Called", "arch", "names", "unavailable"]
+__all__ = ["ARCHS", "REPRESENTATIVE", "SKIPPED", "Arch", "Called", "arch", "names", "unavailable"]
 
 
 def unavailable() -> str | None:
@@ -57,14 +57,13 @@ def _half_range(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class Arch:
     """One zoo architecture: ``build()`` returns the eval-mode module with weights seeded by ``seed``; ``size`` is
     the side of the square model input (input px) meeting its size requirements, ``scale`` its upscaling factor,
-    ``channels`` its input channels; ``slow``: left out of the default guard test run (``CEM_ZOO_ALL=1``)."""
+    ``channels`` its input channels."""
 
     name: str
     make: Callable[[], nn.Module]
     size: int = 32
     scale: int = 1
     channels: int = 3
-    slow: bool = False
 
     @property
     def task(self) -> str:
@@ -177,8 +176,8 @@ ARCHS: list[Arch] = [
     Arch("RCAN", lambda: _a("RCAN", "RCAN")(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4), 32, 2),
     Arch("RGT", lambda: _a("RGT", "RGT")(img_size=32, embed_dim=12, depth=[1], num_heads=[2], mlp_ratio=2.0,
                                          split_size=[8, 8], upscale=2), 32, 2),
-    Arch("RealCUGAN_2x", lambda: _a("RealCUGAN", "UpCunet2x")(), 48, 2, slow=True),
-    Arch("RealCUGAN_2x_fast", lambda: _a("RealCUGAN", "UpCunet2x_fast")(), 48, 2, slow=True),
+    Arch("RealCUGAN_2x", lambda: _a("RealCUGAN", "UpCunet2x")(), 48, 2),
+    Arch("RealCUGAN_2x_fast", lambda: _a("RealCUGAN", "UpCunet2x_fast")(), 48, 2),
     Arch("RestoreFormer", lambda: _restoreformer(n_embed=32, embed_dim=16, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                                                  attn_resolutions=(16,), resolution=32, z_channels=16,
                                                  head_size=2), 32),
@@ -209,8 +208,13 @@ SKIPPED: dict[str, str] = {
 }
 
 
-def names(*, include_slow: bool = True) -> list[str]:
-    return [a.name for a in ARCHS if include_slow or not a.slow]
+#: A representative subset, quick on 2 cores: plain conv stacks, a noise-level channel, a tuple output, channel
+#: attention with the input scaled in place, a U-Net, window attention, an in-place slice update, a chopping
+#: wrapper. Tests that run every architecture take the others only on request (CEM_ZOO_ALL=1).
+REPRESENTATIVE = ("DnCNN", "FDnCNN", "Compact", "ESRGAN", "FBCNN", "RCAN", "NAFNet", "SwinIR", "PLKSR", "SPAN")
+
+
+def names() -> list[str]:
 
 
 def arch(name: str) -> Arch:
