@@ -26,8 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 def _params():
     for a in zoo.ARCHS:
-        marks = [] if ALL or a.name in zoo.REPRESENTATIVE else [
-            pytest.mark.skip(reason="outside the zoo's representative subset: CEM_ZOO_ALL=1 runs it")]
+        marks = [] if a.name in zoo.REPRESENTATIVE else [pytest.mark.slow] if ALL else [
+            pytest.mark.slow, pytest.mark.skip(reason="outside the zoo's representative subset: CEM_ZOO_ALL=1 runs it")]
         yield pytest.param(a.name, id=a.name, marks=marks)
 
 

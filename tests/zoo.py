@@ -215,6 +215,7 @@ REPRESENTATIVE = ("DnCNN", "FDnCNN", "Compact", "ESRGAN", "FBCNN", "RCAN", "NAFN
 
 
 def names() -> list[str]:
+    return [a.name for a in ARCHS]
 
 
 def arch(name: str) -> Arch:
