@@ -104,8 +104,8 @@ def row(a: zoo.Arch, maps: bool) -> dict:
         out["local eval"] = f"no: {_short(why)}"
         out["traced >= truth"] = "-"
     if maps:
-        kw = dict(task=job["task"], roi=job["roi"], block_size=job["block_size"], progress=False, device="cpu",
-                  seed=0)
+        kw = dict(task=job["task"], roi=job["roi"], block_size=job["block_size"], batch_size=job["batch_size"],
+                  progress=False, device="cpu", seed=0)
         fast = cc.compute_cem(model, job["image"], **kw)
         paper = cc.compute_cem(model, job["image"], mode="paper", **kw)
         out["fast = paper support"] = "yes" if np.array_equal(fast.support, paper.support) else (

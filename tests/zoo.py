@@ -57,13 +57,15 @@ def _half_range(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class Arch:
     """One zoo architecture: ``build()`` returns the eval-mode module with weights seeded by ``seed``; ``size`` is
     the side of the square model input (input px) meeting its size requirements, ``scale`` its upscaling factor,
-    ``channels`` its input channels."""
+    ``channels`` its input channels; ``batch_size`` the engine's (1 for a model that takes one image at a
+    time)."""
 
     name: str
     make: Callable[[], nn.Module]
     size: int = 32
     scale: int = 1
     channels: int = 3
+    batch_size: int | str = "auto"
 
     @property
     def task(self) -> str:
@@ -72,8 +74,8 @@ class Arch:
 
     def job(self) -> dict:
         """A tiny job for this architecture: ``image`` (uint8 (h, w, 3), a crop of a bundled natural image whose
-        model input is ``size`` px), ``task``, an 8-px ``roi`` at the centre of the output, and a ``block_size``
-        making a 4x4 grid."""
+        model input is ``size`` px), ``task``, an 8-px ``roi`` at the centre of the output, a ``block_size``
+        making a 4x4 grid, and ``batch_size``."""
         import numpy as np
 
         import cem_checks as cc
@@ -82,7 +84,7 @@ class Arch:
         img = cc.load_image(cc.bundled_images()["astronaut"])[:, 150 : 150 + side, 180 : 180 + side]
         c = side // 2 - 4
         return dict(image=(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), task=self.task,
-                    roi=(c, c, 8), block_size=self.size // 4)
+                    roi=(c, c, 8), block_size=self.size // 4, batch_size=self.batch_size)
 
     def build(self, seed: int = 0) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -154,7 +156,8 @@ ARCHS: list[Arch] = [
     Arch("HAT", lambda: _a("HAT", "HAT")(img_size=32, embed_dim=12, depths=(1,), num_heads=(2,), compress_ratio=3,
                                          squeeze_factor=4, num_feat=16, upscale=2, **_WIN), 32, 2),
     Arch("HVICIDNet", lambda: _a("HVICIDNet", "HVICIDNet")(channels=[8, 8, 16, 32], heads=[1, 2, 4, 8]), 32),
-    Arch("IPT", lambda: _ipt(patch_size=24, n_feats=16, num_heads=2, num_layers=1, scale=[2]), 32, 2),
+    # spandrel's call of IPT (its chopping wrapper) takes one image at a time: a batch of 2 fails inside it
+    Arch("IPT", lambda: _ipt(patch_size=24, n_feats=16, num_heads=2, num_layers=1, scale=[2]), 32, 2, batch_size=1),
     Arch("KBNet_l", lambda: _a("KBNet", "KBNet_l")(dim=24, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
                                                    heads=[1, 2, 4, 8]), 32),
     Arch("KBNet_s", lambda: _a("KBNet", "KBNet_s")(width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
