@@ -31,7 +31,7 @@ def _params():
         yield pytest.param(a.name, id=a.name, marks=marks)
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", list(_params()))
 def test_the_engine_never_changes_a_zoo_model(name):
     a = zoo.arch(name)
     model = a.build()
