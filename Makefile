@@ -13,8 +13,9 @@ SPANDREL_VENV        ?= .venv-spandrel
 SPANDREL_TORCH       ?= torch==2.14.1
 SPANDREL_TORCHVISION ?= torchvision==0.29.1
 SPY                  := $(SPANDREL_VENV)/bin/python
-# the checkpoint-loading tests (run with spandrel here; in .venv the spandrel ones skip)
-SPANDREL_TESTS         ?= tests/test_plugin_load_model.py $(wildcard tests/test_loading*.py)
+# the checkpoint-loading tests and the spandrel zoo (tests/zoo.py) (run with spandrel here; in .venv they skip)
+SPANDREL_TESTS         ?= tests/test_plugin_load_model.py $(wildcard tests/test_loading*.py) tests/test_zoo_guard.py \
+                          tests/test_zoo_coverage.py
 SPANDREL_EXAMPLE_TESTS ?= example_suite/test_spandrel_checkpoints.py
 
 .PHONY: setup test demo screenshot train bench clean setup-spandrel test-spandrel dist docs

@@ -133,16 +133,22 @@ class InPlaceScaling(nn.Module):
         return self.inner(x / 255.0)
 
 
-def jacobian_support(model: nn.Module, x: torch.Tensor, roi, scale: int, block: int, seed: int = 0) -> torch.Tensor:
-    """(rows, cols) bool: blocks holding an input pixel on which the ROI output depends (random projection of
-    the Jacobian; exact for generic weights)."""
+def jacobian_dependence(model: nn.Module, x: torch.Tensor, roi, seed: int = 0) -> torch.Tensor:
+    """(h, w) bool: the input pixels on which the ROI output (box ``roi`` = (x, y, size) of the output) depends,
+    by autograd (a random projection of the Jacobian: exact for generic weights)."""
     x = x.clone().requires_grad_(True)
-    out = model(x)
+    out = model(x.clone())  # a copy: models that scale their input in place get a tensor they may modify
     rx, ry, s = roi
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out[:, :, ry : ry + s, rx : rx + s].shape, generator=g)
     (out[:, :, ry : ry + s, rx : rx + s] * w).sum().backward()
-    dep = (x.grad[0].abs().sum(0) > 0).float()
+    return x.grad[0].abs().sum(0) > 0
+
+
+def jacobian_support(model: nn.Module, x: torch.Tensor, roi, scale: int, block: int, seed: int = 0) -> torch.Tensor:
+    """(rows, cols) bool: blocks holding an input pixel on which the ROI output depends (random projection of
+    the Jacobian; exact for generic weights)."""
+    dep = jacobian_dependence(model, x, roi, seed).float()
     return F.max_pool2d(dep[None, None], block)[0, 0] > 0
 
 
@@ -151,15 +157,9 @@ def jacobian_radius(model: nn.Module, x: torch.Tensor, roi, scale: int, seed: in
     input pixel on which the ROI output depends (random projection of the Jacobian; exact for generic weights)."""
     from cem_checks.grid import ROI, BlockGrid
 
-    x = x.clone().requires_grad_(True)
-    out = model(x)
-    rx, ry, s = roi
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out[:, :, ry : ry + s, rx : rx + s].shape, generator=g)
-    (out[:, :, ry : ry + s, rx : rx + s] * w).sum().backward()
-    dep = (x.grad[0].abs().sum(0) > 0).numpy()
+    dep = jacobian_dependence(model, x, roi, seed).numpy()
     h, w_ = dep.shape
-    dist = BlockGrid(h, w_, 1).pixel_distance(ROI(rx, ry, s).footprint(scale))
+    dist = BlockGrid(h, w_, 1).pixel_distance(ROI(*roi).footprint(scale))
     return int(dist[dep].max()) if dep.any() else 0
 
 

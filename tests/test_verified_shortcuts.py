@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_state import changes, snapshot
 from nets import ConvStack, jacobian_radius, jacobian_support
 from torch import nn
 
@@ -176,48 +177,22 @@ class WritesAttributes(nn.Module):
         return y
 
 
-def _state(model: nn.Module):
-    return ({name: (dict(m.__dict__), {k: list(v) if isinstance(v, (list, dict)) else v
-                                       for k, v in m.__dict__.items() if isinstance(v, (list, dict))})
-             for name, m in model.named_modules()},
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def _assert_same(model, before, probe, out_before):
-    dicts, tensors = before
-    for name, m in model.named_modules():
-        d, containers = dicts[name]
-        assert m.__dict__.keys() == d.keys(), name
-        assert all(m.__dict__[k] is v for k, v in d.items()), name
-        for k, items in containers.items():
-            now = m.__dict__[k]
-            assert (list(now) if isinstance(now, (list, dict)) else now) == items, (name, k)
-    after = model.state_dict()
-    for k, v in tensors.items():
-        assert torch.equal(after[k], v), k
-    with torch.no_grad():
-        assert torch.equal(model(probe.clone()), out_before)
-
-
 @pytest.mark.parametrize("model_fn", [WritesAttributes, _forward_hook, InplaceView])
 def test_the_engine_never_changes_the_model(model_fn, natural64, tmp_path):
     model = model_fn().eval()
     probe = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
-    before = _state(model)
-    with torch.no_grad():
-        out_before = model(probe.clone())
-    before = _state(model)  # the probe's own call changed what forward writes: compare from here
+    before = snapshot(model, probe)
     kw = dict(task="dn25", roi=(8, 8, 8), block_size=8, **QUICK)
     cc.compute_support(model, natural64, **kw)
-    _assert_same(model, before, probe, out_before)
-    before = _state(model)
+    assert changes(model, before, probe) == []
+    before = snapshot(model, probe)
     cc.compute_cem(model, natural64, coarse=2, fine=4, cache_dir=tmp_path, **kw)
     cc.compute_cem(model, natural64, coarse=2, fine=4, cache_dir=tmp_path, **kw)  # a cached rerun
     cc.compute_cem(model, natural64, mode="paper", coarse=1, fine=2, **kw)
     lazy = cc.LazyMap(cc.engine.Job(model, natural64, **kw))
     cc.check_receptive_field_within(lazy, 3)
     cc.check_negative_fraction_at_most(lazy, 1.0)
-    _assert_same(model, before, probe, out_before)
+    assert changes(model, before, probe) == []
 
 
 def test_a_model_that_writes_attributes_in_forward_is_traced_without_harm(natural32):
