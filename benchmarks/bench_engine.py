@@ -24,7 +24,7 @@ flagged), and its wall time is that count times the bare model's time per image 
 measured in the same run (a lower bound: it leaves out the engine's own overhead). No fidelity is printed
 for an estimated job.
 
-    python benchmarks/bench_engine.py [--jobs dncnn96,dncnn256,sr_ca,ffdnet96,compact_x4,unet_x2] [--device cpu]
+    python benchmarks/bench_engine.py [--jobs dncnn96,dncnn256,sr_ca,ffdnet96,ffdnet96_kair,compact_x4,unet_x2] [--device cpu]
                                       [--fresh] [--no-floor] [--estimate-paper dncnn256] [--contend]
 
 ``--contend`` keeps a second CPU-bound process busy (a pure-Python loop) throughout the run, as a CI runner or
@@ -71,6 +71,19 @@ def _seeded(make):
     return build
 
 
+class KairFFDNet(FFDNetLike):
+    """The FFDNet-style model written as KAIR writes FFDNet: the sizes read from ``x.shape``, padding to even sizes,
+    a noise-level map built at the downsampled size, the output cropped back. The symbolic trace cannot read it;
+    local evaluation captures it at the job's shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+        d = self.down(x)
+        noise = torch.full((n, 1, d.shape[2], d.shape[3]), float(self.sigma), device=x.device, dtype=x.dtype)
+        return (x - self.up(self.body(torch.cat([d, noise], dim=1))))[..., :h, :w]
+
+
 def _bundled(size: int):
     img = cc.load_image(cc.bundled_images()["coffee"])
     return img[:, 100: 100 + size, 200: 200 + size]
@@ -85,6 +98,8 @@ JOBS = {
     # the families local evaluation covers beyond plain conv stacks (seeded weights)
     "ffdnet96": dict(model=_seeded(lambda: FFDNetLike(features=64, layers=12)), image=lambda: _bundled(96),
                      task=cc.Denoising(50), roi=(40, 40, 16), block_size=8, needs_data=False),
+    "ffdnet96_kair": dict(model=_seeded(lambda: KairFFDNet(features=64, layers=12)), image=lambda: _bundled(96),
+                          task=cc.Denoising(50), roi=(40, 40, 16), block_size=8, needs_data=False),
     "compact_x4": dict(model=_seeded(lambda: CompactSR(scale=4, features=64, convs=16)), image=lambda: _bundled(256),
                        task=cc.SuperResolution(4), roi=(120, 120, 16), block_size=2, needs_data=False),
     "unet_x2": dict(model=_seeded(lambda: UNetSR(scale=2, features=32)), image=lambda: _bundled(128),
@@ -155,7 +170,7 @@ def estimate_paper(job: str, fast: cc.CEMResult, device: str) -> tuple[int, floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", default="dncnn96,dncnn256,sr_ca,ffdnet96,compact_x4,unet_x2")
+    ap.add_argument("--jobs", default="dncnn96,dncnn256,sr_ca,ffdnet96,ffdnet96_kair,compact_x4,unet_x2")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fresh", action="store_true", help="recompute the paper maps instead of reusing saved ones")
     ap.add_argument("--no-floor", action="store_true", help="skip the paper map of seed 1 (the noise floor)")

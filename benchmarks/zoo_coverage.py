@@ -91,13 +91,14 @@ def row(a: zoo.Arch, maps: bool) -> dict:
     out["reach px"] = int(dist[dep].max()) if dep.any() else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan, why = build_plan(model)
+        plan, why = build_plan(model, x)  # the symbolic trace, else the capture at the job's shape
         if plan is not None:
             box, why, _ = traced_reach(model, x, (ry, ry + s, rx, rx + s))
     if plan is not None and box is not None:
         ys, xs = np.nonzero(dep)
         y0, y1, x0, x1 = box
-        out["local eval"] = f"yes (box y {y0}:{y1}, x {x0}:{x1})"
+        how = "captured" if plan.shape is not None else "traced"
+        out["local eval"] = f"yes, {how} (box y {y0}:{y1}, x {x0}:{x1})"
         out["traced >= truth"] = "yes" if (ys.min() >= y0 and ys.max() < y1 and xs.min() >= x0
                                            and xs.max() < x1) else "NO"
     else:

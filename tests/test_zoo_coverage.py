@@ -28,7 +28,7 @@ def test_the_coverage_rows_of_two_local_models(capsys):
     rows = {r["name"]: r for r in _benchmark().main(["--arch", "DnCNN,Compact"])}
     assert rows["DnCNN"]["reach px"] == 5 and rows["Compact"]["reach px"] == 6
     for r in rows.values():
-        assert r["local in truth"] == "yes" and r["local eval"].startswith("yes (box") and r["traced >= truth"] == "yes"
+        assert r["local in truth"] == "yes" and r["local eval"].startswith("yes, traced (box") and r["traced >= truth"] == "yes"
     out = capsys.readouterr().out
     assert "DnCNN" in out and "Compact" in out
     assert out.strip().endswith("2 built, 2 local in truth, 2 of those with local evaluation used")
