@@ -48,7 +48,13 @@ MAP_COLUMNS = ["fast = paper support", "fast fwd", "paper fwd", "fwd paper/fast"
 
 
 def _short(text: str, n: int = 80) -> str:
+    """``text`` on one line, at most ``n`` characters; of a refusal after a capture, the capture's part (the
+    symbolic trace's refusal is then known: it could not read the model)."""
     text = " ".join(text.split())
+    if "; captured at " in text:
+        text = "captured at " + text.split("; captured at ", 1)[1]
+    elif "; torch.compile " in text:
+        text = "torch.compile " + text.split("; torch.compile ", 1)[1]
     return text if len(text) <= n else text[: n - 3] + "..."
 
 

@@ -83,6 +83,24 @@ class BranchOnSize(nn.Module):
         return x + 0.1 * self.small(x)
 
 
+class ChannelNorm(nn.Module):
+    """As NAFNet-family code writes its LayerNorm2d: a normalisation over channels (``x.mean(1, keepdim=True)``,
+    ``.mean`` of the squares), per pixel, so local; the size read from ``x.shape`` for the crop back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+        _init(self, 5)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        y = self.conv1(x)
+        mu = y.mean(1, keepdim=True)
+        var = (y - mu).pow(2).mean(1, keepdim=True)
+        y = (y - mu) / (var + 1e-6).sqrt()
+        return (x + 0.1 * self.conv2(y))[..., :h, :w]
+
+
 class SpatialMean(nn.Module):
     """Shape code around a global operation: captured, then refused for the mean over the image."""
 
@@ -105,6 +123,7 @@ CASES = {  # model, task, image side, ROI, block, exact reach of the ROI output 
     "pad-to-multiple": (PadToMultiple, "dn25", 44, (16, 16, 8), 4, 3),
     "interpolate-by-size": (InterpolateBySize, "sr2", 24, (16, 16, 8), 2, 1),  # bilinear +-1, then a 3x3 conv at 2x
     "branch-on-size": (BranchOnSize, "dn25", 48, (16, 16, 16), 4, 2),
+    "channel-norm": (ChannelNorm, "dn25", 32, (8, 8, 16), 4, 2),
 }
 
 
@@ -158,6 +177,18 @@ def test_a_wrapper_function_is_captured():
     model = KairFFDNet().eval()
     plan, why = le.build_plan(lambda t: model(t * 2.0) / 2.0, _image(32)[None])
     assert why == "ok" and plan is not None
+
+
+def test_a_mean_over_the_image_stays_global_where_one_over_channels_is_local():
+    class OverImage(ChannelNorm):
+        def forward(self, x):
+            h = x.shape[-1]
+            y = self.conv1(x)
+            return x + 0.1 * self.conv2(y - y.mean((2, 3), keepdim=True)) * (h / h)
+
+    plan, why = le.build_plan(OverImage().eval(), _image(32)[None])
+    assert plan is None and ".mean() is a reduction" in why
+    assert le.build_plan(ChannelNorm().eval(), _image(32)[None])[1] == "ok"
 
 
 def test_capture_refuses_a_global_operation_by_name():

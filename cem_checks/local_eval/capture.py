@@ -98,8 +98,22 @@ def capture(model: Any, x: torch.Tensor) -> tuple[Any, str]:
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in _CAPTURE_ALIASES:
             n.target = _CAPTURE_ALIASES[n.target]
-        if n.op == "output" and isinstance(n.args[0], (tuple, list)) and len(n.args[0]) == 1:
-            n.args = (n.args[0][0],)
+    (out,) = [n for n in gm.graph.nodes if n.op == "output"]
+    values = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    if len(values) > 1:  # the return value beside what forward wrote (attributes): the one that is the output
+        gm.graph.lint()
+        gm.recompile()
+        with warnings.catch_warnings(), preserved(model), torch.no_grad():
+            warnings.simplefilter("ignore")
+            want, got = model(x), gm(x)
+        same = [k for k, v in enumerate(got) if isinstance(v, torch.Tensor) and isinstance(want, torch.Tensor)
+                and v.shape == want.shape and torch.equal(v, want)]
+        if len(same) != 1:
+            return None, (f"the captured graph returns {len(values)} values, and {len(same)} of them equal the "
+                          "model's output; one output image is supported")
+        values = (values[same[0]],)
+    out.args = (values[0],)
+    gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
     return gm, "ok"

@@ -73,6 +73,18 @@ _INPLACE_FUNCS = {operator.iadd: operator.add, operator.isub: operator.sub, oper
                   operator.itruediv: operator.truediv}
 _POINTWISE_METHODS = {"add", "sub", "mul", "div", "neg", "relu", "clamp", "clamp_min", "clamp_max", "sigmoid",
                       "tanh", "abs", "exp", "sqrt", "pow", "contiguous", "clone", "float"}
+#: Reductions that are local when taken over the channel dim only (a LayerNorm over channels: ``x.mean(1)``).
+_CHANNEL_REDUCTIONS = {"mean", "sum", "var", "std", "amax", "amin"}
+
+
+def _over_channels(n) -> bool:
+    """Node ``n`` (a reduction method) reduces over the channel dim of an NCHW tensor only, keeping it."""
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    keep = n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else n.kwargs.get("keepdim", False)
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    return keep is True and len(dims) == 1 and dims[0] in (1, -3)
+
+
 _INPLACE_METHODS = {"add_", "sub_", "mul_", "div_", "clamp_", "relu_", "clamp_min_", "clamp_max_"}
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
 
@@ -164,6 +176,10 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
 
     if n.op == "call_method":
         name = str(n.target)
+        if name == "type_as":  # called on the input (on a constant it is a constant: see plan._ops)
+            return pointwise(lambda self_, other: self_.type_as(other)), False
+        if name in _CHANNEL_REDUCTIONS and _over_channels(n):  # per pixel, across channels: local
+            return pointwise(lambda self_, *a, **k: getattr(self_, name)(*a, **k)), False
         if name in _GLOBAL_METHODS:
             kind = Refused if name in _SHAPE_METHODS else GlobalOp
             raise kind(f"{n.name}: .{name}() is {_GLOBAL_METHODS[name]}")

@@ -241,6 +241,10 @@ def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | N
         return None, f"{why}; captured at {tuple(x.shape)}: {exc}"
 
 
+#: Methods that read only the dtype (and device) of their argument.
+_DTYPE_ONLY = {"type_as"}
+
+
 def _ops(gm) -> list[_Op]:
     nodes = list(gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
@@ -259,7 +263,8 @@ def _ops(gm) -> list[_Op]:
                 raise Refused("the model returns several values, or one that does not depend on its input; one "
                               "output image is supported")
             op = _Op(n, "output", [index[n.args[0]]])
-        elif not deps:
+        elif not deps or (n.op == "call_method" and n.target in _DTYPE_ONLY and n.args[0] not in spatial):
+            # a constant, or a constant cast to the input's dtype (``self.mean.type_as(x)``): no input value in it
             op = _Op(n, "const")
         else:
             try:
