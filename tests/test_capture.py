@@ -212,3 +212,11 @@ def test_capture_leaves_the_model_as_it_was():
     assert model.__dict__.keys() == before.keys() and all(model.__dict__[k] is v for k, v in before.items())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not hasattr(model, "last_size") and torch.equal(model(x), KairFFDNet.forward(model, x))
+
+
+def test_captures_go_on_past_torch_compiles_recompile_limit():
+    """TorchDynamo compiles a function at most ``recompile_limit`` (8) times, one entry per input shape; the
+    capture drops its entries, so a session mapping one model class at many shapes keeps capturing it."""
+    model = KairFFDNet().eval()
+    whys = [le.capture(model, torch.rand(1, 3, side, side))[1] for side in range(20, 44, 2)]  # 12 shapes
+    assert whys == ["ok"] * 12

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -45,13 +46,44 @@ def trace(model: Any) -> torch.fx.GraphModule:
 _CAPTURE_ALIASES = {torch._C._nn.pad: F.pad}
 
 
+#: The code objects captures have compiled: their TorchDynamo cache entries are dropped after each capture.
+_CAPTURED_CODES: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _compiled_codes() -> set[int]:
+    """The ids of the code objects TorchDynamo has compiled so far in this process (empty if it does not say)."""
+    try:
+        from torch._dynamo import convert_frame
+    except ImportError:  # pragma: no cover - a torch without Dynamo
+        return set()
+    return set(getattr(convert_frame.input_codes, "seen_ids", ()))
+
+
+def _forget_compiled(before: set[int]) -> None:
+    """Drop TorchDynamo's cache entries of the code objects a capture compiled (new since ``before``, or compiled
+    by an earlier capture). Dynamo keeps one entry per input shape and stops compiling a function after its
+    recompile limit (8 by default): without this, the ninth capture of one model class in a process would fail,
+    and each entry would keep its graph (and the model's weights) alive."""
+    try:
+        from torch._dynamo import convert_frame
+        from torch._dynamo.eval_frame import reset_code
+    except ImportError:  # pragma: no cover - a torch without these: entries stay (captures may stop at the limit)
+        return
+    for ref in list(getattr(convert_frame.input_codes, "seen", ())):
+        code = ref()
+        if code is not None and (id(code) not in before or code in _CAPTURED_CODES):
+            _CAPTURED_CODES.add(code)
+            reset_code(code)
+
+
 def capture(model: Any, x: torch.Tensor) -> tuple[Any, str]:
     """The graph ``model`` really runs on an input of the shape of ``x``, captured by ``torch.compile``
     (TorchDynamo, ``fullgraph=True``, static shapes): sizes, shape code and data-independent control flow become
     constants; forward hooks, in-place updates and attribute writes are seen as they run. Returns ``(graph module,
     "ok")`` with one input (the image) and every other value (parameters, buffers, constants) as attributes, or
     ``(None, reason)`` when the model cannot be captured as one graph. The model is left as it was (the capture
-    runs it once: whatever its forward writes is restored)."""
+    runs it once: whatever its forward writes is restored), and so is TorchDynamo's cache, except that a function
+    both compiled by the user and captured here recompiles on its next compiled call."""
     from ..engine.guard import preserved
 
     graphs: list = []
@@ -65,6 +97,7 @@ def capture(model: Any, x: torch.Tensor) -> tuple[Any, str]:
     # logger (pytest's log capture) would receive and format: silenced while capturing, then restored
     trace_log = logging.getLogger("torch.__trace")
     level = trace_log.level
+    before = _compiled_codes()
     try:
         import torch._dynamo  # noqa: F401 - torch.compile's capture
 
@@ -77,6 +110,7 @@ def capture(model: Any, x: torch.Tensor) -> tuple[Any, str]:
         return None, f"torch.compile cannot capture it as one graph at {tuple(x.shape)} ({type(exc).__name__}: {first})"
     finally:
         trace_log.setLevel(level)
+        _forget_compiled(before)
     if not graphs:
         return None, f"torch.compile ran the model without capturing a graph at {tuple(x.shape)}"
     gm, examples = graphs[-1]
