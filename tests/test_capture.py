@@ -220,3 +220,25 @@ def test_captures_go_on_past_torch_compiles_recompile_limit():
     model = KairFFDNet().eval()
     whys = [le.capture(model, torch.rand(1, 3, side, side))[1] for side in range(20, 44, 2)]  # 12 shapes
     assert whys == ["ok"] * 12
+
+
+def test_a_job_captures_its_model_once_per_input_shape(monkeypatch, natural32):
+    """The traced reach and local evaluation share one plan per input shape: a model whose crop is refused runs
+    everything at the full input's shape, captured once."""
+    import importlib
+
+    from test_fast_mode import NeedsMultipleOf32
+
+    plan_module = importlib.import_module("cem_checks.local_eval.plan")
+    shapes = []
+
+    def counted(model, x):
+        shapes.append(tuple(x.shape))
+        return le.capture(model, x)
+
+    monkeypatch.setattr(plan_module, "capture", counted)
+    big = np.concatenate([np.concatenate([natural32] * 2, 0)] * 2, 1)
+    res = cc.compute_cem(NeedsMultipleOf32(), big, task="dn20", roi=(24, 24, 8), block_size=4, coarse=2, fine=4,
+                         progress=False, device="cpu")
+    assert res.meta["fast"]["crop"] is None and res.meta["fast"]["local_eval"]["used"] is True
+    assert shapes == [(1, 3, 64, 64)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -119,6 +119,8 @@ class Engine:
         self.runner = runner
         self.batch_size = 1
         self.oom_backoffs = 0
+        #: the local-evaluation plans of the model (see :func:`.local.local_plan`), by input shape
+        self.plans: dict[Any, tuple[Any, str]] = {}
         self.progress = progress
         #: frames over the same input window whose ROIs read the same forwards (see :meth:`run_frames`)
         self.shared_frames: list[Frame] = []

@@ -118,9 +118,7 @@ def local_setup(eng: Engine, frame: Frame, blocks: np.ndarray, opts: FastOptions
         info["check"] = f"not used: precision {eng.runner.precision!r} (local evaluation runs in fp32 only)"
     if info["check"]:
         return None, info
-    from ..local_eval import build_plan
-
-    plan, why = build_plan(eng.runner.model, frame.x.to(eng.runner.dtype))
+    plan, why = local_plan(eng, frame.x)
     if plan is None:
         info["check"] = f"unsupported: {why}"
         return None, info
@@ -132,6 +130,23 @@ def local_setup(eng: Engine, frame: Frame, blocks: np.ndarray, opts: FastOptions
         eng.cache.put_record(key, verdict)
     info.update({k: verdict[k] for k in ("used", "check", "check_draws") if k in verdict})
     return (local if info["used"] else None), info
+
+
+def local_plan(eng: Engine, x: torch.Tensor) -> tuple[Any, str]:
+    """``(plan, reason)`` of :func:`cem_checks.local_eval.build_plan` for the model on inputs of the shape of ``x``
+    (a frame's input), built once per job: the traced reach and local evaluation share it. A symbolic trace holds at
+    every shape; a capture only at its own, so another shape builds its own."""
+    if "any shape" in eng.plans:
+        return eng.plans["any shape"]
+    key = tuple(x.shape)
+    if key not in eng.plans:
+        from ..local_eval import build_plan
+
+        plan, why = build_plan(eng.runner.model, x.to(eng.runner.dtype))
+        eng.plans[key] = (plan, why)
+        if plan is not None and plan.shape is None:
+            eng.plans["any shape"] = (plan, why)
+    return eng.plans[key]
 
 
 def local_verdict(eng: Engine, local: LocalDraws, blocks: np.ndarray, opts: FastOptions) -> dict[str, Any]:

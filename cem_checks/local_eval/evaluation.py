@@ -138,14 +138,16 @@ GROUP_SLACK = {"cpu": 0.15}
 GROUP_SLACK_ACCELERATOR = 1.0
 
 
-def traced_reach(model: Any, x: torch.Tensor, roi: Box) -> tuple[Box | None, str, torch.Tensor | None]:
+def traced_reach(model: Any, x: torch.Tensor, roi: Box,
+                  built: tuple[LocalPlan | None, str] | None = None) -> tuple[Box | None, str, torch.Tensor | None]:
     """The box of the input ``x`` (1, C, h, w) that the ROI output (box ``roi`` of the output) can depend on at
     all, from the traced graph: every input pixel outside it lies beyond the reach of every path of the graph to
     the ROI. Returns ``(box, "ok", roi_base)`` with the traced graph's own baseline ROI output (to compare with the
-    model's: a trace may miss what the model runs), or ``(None, reason, None)`` when the model is refused."""
+    model's: a trace may miss what the model runs), or ``(None, reason, None)`` when the model is refused.
+    ``built``: the ``(plan, reason)`` of :func:`build_plan` for ``model`` and ``x``, when the caller has it."""
     from ..engine.runner import is_oom
 
-    plan, why = build_plan(model, x)
+    plan, why = build_plan(model, x) if built is None else built
     if plan is None:
         return None, why, None
     try:
