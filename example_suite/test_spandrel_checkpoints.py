@@ -141,4 +141,5 @@ def test_rcan_state_dict_is_detected_and_its_channel_attention_sees_the_whole_im
     result = cem(model, crop(cem_images, 64), task=f"sr{scale}", roi=ROI)
     assert result.distance.max() > conv_radius
     assert result.support.all()  # every block of the image changes the ROI output
-    assert cc.support_radius(result) == result.distance.max()
+    # the radius is the pixel distance of the farthest input pixel, the far corner of the image
+    assert cc.support_radius(result) == result.far_distance.max() > result.distance.max()
