@@ -4,6 +4,8 @@ beside the truth. Runs where spandrel imports (`make setup-spandrel`).
 One row per architecture, on its tiny job (``Arch.job``: a natural crop, an 8-px ROI at the centre of the output,
 a 4x4 grid of blocks):
 
+Weights: the zoo's seeded initialisation, with parameters left all zero made small and random (:func:`generic`).
+
 - ``local in truth``: the input pixels the ROI output depends on (autograd: a random projection of the Jacobian
   of the ROI output, exact for generic weights; where autograd fails on an in-place update, each pixel replaced
   in turn) all lie strictly inside the image, none on its border rows or
@@ -76,11 +78,23 @@ def pixel_dependence(model: torch.nn.Module, x: torch.Tensor, roi: tuple, batch:
     return dep.reshape(h, w)
 
 
+def generic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``model`` with every parameter that its initialisation leaves all zero (residual scales such as NAFNet's
+    ``beta`` and ``gamma``, zero-initialised last convolutions) set to small seeded random values: with zeros there,
+    whole branches add nothing, and a global branch would look local in truth."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.numel() and not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
 def row(a: zoo.Arch, maps: bool) -> dict:
     """The row of one architecture (see the module docstring)."""
     out: dict = {"name": a.name, "scale": a.scale, "input": f"{a.size}x{a.size}"}
     try:
-        model = a.build()
+        model = generic(a.build())
     except Exception as exc:  # noqa: BLE001 - a zoo entry that does not build is a row saying so
         return {**out, "local in truth": f"build failed: {_short(f'{type(exc).__name__}: {exc}', 60)}"}
     job = a.job()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import GlobalOp, Refused, _attr
+from .rewrite import Lifted
 from .geometry import (
     _PADDING_MODES, Gather, Geometry, Pointwise, Resample, Shuffle, Transposed, Window, _pad_index, _pair,
 )
@@ -190,6 +191,8 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
 
     fn = n.target
     name = getattr(fn, "__name__", str(fn))
+    if isinstance(fn, Lifted):  # made pointwise by a rewrite (channel parts, channels-last regions)
+        return pointwise(fn), False
     if fn in _GLOBAL_FUNCS:
         raise (Refused if fn is torch.flatten else GlobalOp)(f"{n.name}: {name} is {_GLOBAL_FUNCS[fn]}")
     args = list(n.args)
@@ -246,6 +249,8 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
         return pointwise(lambda items, dim=dim, fn=fn: fn([_batched(t, items) for t in items], dim=dim)), False
     if fn in _LIKE:
         return pointwise(fn, depends=False), False
+    if fn is torch.repeat_interleave and arg(2, "dim") in (1, -3) and isinstance(arg(1, "repeats"), int):
+        return pointwise(fn), False  # every channel repeated in place (PLKSR's residual to the sub-pixels)
     if fn is operator.getitem:
         return _getitem(n, deps, index), False
     if fn in _POINTWISE_FUNCS or fn in _INPLACE_FUNCS:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .capture import GlobalOp, Refused, _attr, capture, trace
 from .geometry import EMPTY, Box, Geometry, _area, _empty, _inter, _union
 from .ops import _INPLACE_FUNCS, _INPLACE_METHODS, _geometry
+from .rewrite import lift
 
 #: Refuse a plan whose baseline activations would take more memory than this.
 MAX_BASELINE_BYTES = 2 * 1024**3
@@ -225,6 +226,7 @@ def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | N
     refused for a global operation is not captured (the capture would refuse it too)."""
     try:
         gm = trace(model)
+        lift(gm)
         return LocalPlan(gm, _ops(gm)), "ok"
     except GlobalOp as exc:
         return None, str(exc)
@@ -236,6 +238,7 @@ def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | N
     if gm is None:
         return None, f"{why}; {cwhy}"
     try:
+        lift(gm)
         return LocalPlan(gm, _ops(gm), tuple(x.shape)), "ok"
     except Refused as exc:
         return None, f"{why}; captured at {tuple(x.shape)}: {exc}"
@@ -250,6 +253,8 @@ def _ops(gm) -> list[_Op]:
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise Refused(f"the traced graph has {len(placeholders)} inputs; one image input is supported")
+    # the input first (a capture may put the constants it lifted before it): ops[0] is the input everywhere
+    nodes = placeholders + [n for n in nodes if n.op != "placeholder"]
     ops: list[_Op] = []
     index: dict[Any, int] = {}
     spatial: set = set()  # nodes that depend on the input
