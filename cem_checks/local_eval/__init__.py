@@ -31,7 +31,11 @@ Supported (:func:`build_plan` refuses anything else and says which operation and
   (parameters, buffers), ``torch.cat`` / ``torch.stack`` along non-spatial dims, channel indexing,
   ``ones_like`` / ``zeros_like`` / ``full_like`` (e.g. noise-level maps), in-place arithmetic on a tensor that
   nothing else reads;
-- outputs larger than the input (SR at any integer scale): the ROI is a box of the output grid.
+- outputs larger than the input (SR at any integer scale): the ROI is a box of the output grid;
+- after the rewrites of :mod:`.rewrite`: channel parts (``chunk`` / ``split`` along channels), assignments to
+  channels (``x[:, :k] = ...``), channels-last regions of per-pixel operations (``permute(0, 2, 3, 1)``,
+  ``nn.Linear`` / ``nn.LayerNorm`` over channels, ..., ``permute(0, 3, 1, 2)``), ``repeat_interleave`` over
+  channels.
 
 Refused as *global* (any block may change the ROI): global or adaptive pooling, reductions over the image
 (mean, sum, softmax), matrix products (attention), normalisations over the spatial dims (layer, group and
@@ -46,6 +50,7 @@ Modules, one job each: :mod:`.capture` (the ``torch.fx`` trace and the capture a
 :class:`Refused`, :class:`GlobalOp`),
 :mod:`.geometry` (boxes; how each kind of operation maps boxes between its input and output grids),
 :mod:`.ops` (which geometry each supported operation gets, and the operations refused as global),
+:mod:`.rewrite` (channel parts, channel assignment and channels-last regions rewritten to pointwise operations),
 :mod:`.plan` (:func:`build_plan`, :class:`LocalPlan`: the nodes of the graph, schedules, evaluation on boxes) and
 :mod:`.evaluation` (:class:`FrameEvaluator`, :data:`GROUP_SLACK`, :func:`traced_reach`).
 """
