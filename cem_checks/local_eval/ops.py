@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import GlobalOp, Refused, _attr
-from .rewrite import Lifted
+from .rewrite import Lifted, reduced_dim
 from .geometry import (
     _PADDING_MODES, Gather, Geometry, Pointwise, Resample, Shuffle, Transposed, Window, _pad_index, _pair,
 )
@@ -80,10 +80,8 @@ _CHANNEL_REDUCTIONS = {"mean", "sum", "var", "std", "amax", "amin"}
 
 def _over_channels(n) -> bool:
     """Node ``n`` (a reduction method) reduces over the channel dim of an NCHW tensor only, keeping it."""
-    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-    keep = n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else n.kwargs.get("keepdim", False)
-    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
-    return keep is True and len(dims) == 1 and dims[0] in (1, -3)
+    dim, keep = reduced_dim(n)
+    return keep and dim in (1, -3)
 
 
 _INPLACE_METHODS = {"add_", "sub_", "mul_", "div_", "clamp_", "relu_", "clamp_min_", "clamp_max_"}

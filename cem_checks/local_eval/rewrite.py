@@ -110,6 +110,15 @@ def _dim(n, pos: int, default: Any = None) -> Any:
     return n.args[pos] if len(n.args) > pos else n.kwargs.get("dim", default)
 
 
+def reduced_dim(n) -> tuple[Any, bool]:
+    """``(dim, keepdim)`` of a reduction method node (``x.mean(dim, keepdim=...)``): ``dim`` the one dim reduced,
+    None when it reduces several or all."""
+    dim = _dim(n, 1)
+    keep = n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else n.kwargs.get("keepdim", False)
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    return (dims[0] if len(dims) == 1 else None), keep is True
+
+
 def _split_args(n) -> tuple[str, Any, Any] | None:
     """``(how, arg, dim)`` of a chunk / split node, or None."""
     if n.op == "call_method" and n.target in ("chunk", "split"):
@@ -149,11 +158,11 @@ def _channel_key(key: Any, nhwc: bool) -> bool:
 def _constant_ok(gm, a: Any) -> bool:
     """Argument ``a`` of a channels-last operation has no spatial extent (a number, or a tensor whose H and W dims,
     counted from the right as in broadcasting, are 1): it broadcasts over pixels as it does in the model."""
-    if not isinstance(a, torch.fx.Node):
-        return not isinstance(a, torch.Tensor) or a.ndim < 3 or (a.shape[-3] == 1 and a.shape[-2] == 1)
-    v = _attr(gm, a.target) if a.op == "get_attr" else _example(a)
-    if v is None:
-        return False
+    v = a
+    if isinstance(a, torch.fx.Node):
+        v = _attr(gm, a.target) if a.op == "get_attr" else _example(a)
+        if v is None:
+            return False
     return not isinstance(v, torch.Tensor) or v.ndim < 3 or (v.shape[-3] == 1 and v.shape[-2] == 1)
 
 
@@ -194,29 +203,29 @@ def _pixel_op(gm, n) -> tuple[Any, str] | None:
         if name in _PIXEL_METHODS:
             return _method(name), name
         if name in _LAST_DIM_METHODS:
-            dim = _dim(n, 1)
-            dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
-            keep = n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else n.kwargs.get("keepdim", False)
-            if len(dims) == 1 and dims[0] in (-1, 3) and (keep is True or name.endswith("softmax")):
+            dim, keep = reduced_dim(n)
+            if dim in (-1, 3) and (keep or name.endswith("softmax")):
                 return _method(name), name
     return None
 
 
 # ------------------------------------------------------------------------------------------------- the passes
+def _replace(graph, n, target, args, kwargs=None) -> torch.fx.Node:
+    """A ``call_function`` of ``target`` in place of node ``n``, which every reader of ``n`` reads instead."""
+    with graph.inserting_before(n):
+        new = graph.call_function(target, tuple(args), dict(kwargs or {}))
+    new.meta = dict(n.meta)
+    n.replace_all_uses_with(new)
+    graph.erase_node(n)
+    return new
+
+
 def lift(gm) -> None:
     """Apply the rewrites of this module to ``gm``'s graph in place (see the module docstring). Raises
     :class:`Refused` for a channels-last node read by an operation that is not per pixel."""
     graph = gm.graph
     spatial: set = set()
     nhwc: set = set()
-
-    def replace(n, target, args) -> torch.fx.Node:
-        with graph.inserting_before(n):
-            new = graph.call_function(target, tuple(args))
-        new.meta = dict(n.meta)
-        n.replace_all_uses_with(new)
-        graph.erase_node(n)
-        return new
 
     for n in list(graph.nodes):
         if n.op == "placeholder":
@@ -230,12 +239,12 @@ def lift(gm) -> None:
         last = [a for a in ins if a in nhwc]
         perm = _perm(n)
         if perm == _NHWC and not last:  # entering a channels-last region
-            new = replace(n, Identity(), [n.args[0]])
+            new = _replace(graph, n, Identity(), [n.args[0]])
             spatial.add(new)
             nhwc.add(new)
             continue
         if perm == _NCHW and last == ins == [n.args[0]]:  # leaving it
-            spatial.add(replace(n, Identity(), [n.args[0]]))
+            spatial.add(_replace(graph, n, Identity(), [n.args[0]]))
             continue
         split = _split_args(n)
         if split is not None and ins == [n.args[0]]:
@@ -245,10 +254,9 @@ def lift(gm) -> None:
             users = list(n.users)
             if dim in chan and users and all(u.op == "call_function" and u.target is operator.getitem
                                               and isinstance(u.args[1], int) for u in users):
-                dim = chan[0]
-                for u in users:
-                    fn = Part(how, arg, dim if x not in nhwc else -1, u.args[1])
-                    new = replace(u, ChannelsLast(fn, {0}, fn.__name__) if x in nhwc else fn, [x])
+                for u in users:  # a part of channels-last x is taken along its last dim, by the wrapper
+                    fn = Part(how, arg, -1 if x in nhwc else 1, u.args[1])
+                    new = _replace(graph, u, ChannelsLast(fn, {0}, fn.__name__) if x in nhwc else fn, [x])
                     spatial.add(new)
                     if x in nhwc:
                         nhwc.add(new)
@@ -258,13 +266,13 @@ def lift(gm) -> None:
             _set_channels(gm, n, spatial, nhwc)
             continue
         if last:
-            _channels_last(gm, n, ins, last, spatial, nhwc, replace)
+            _channels_last(gm, n, ins, last, spatial, nhwc)
             continue
         spatial.add(n)
     graph.lint()
 
 
-def _channels_last(gm, n, ins, last, spatial, nhwc, replace) -> None:
+def _channels_last(gm, n, ins, last, spatial, nhwc) -> None:
     """Node ``n`` reads the channels-last nodes ``last``: lifted when per pixel, else refused."""
     what = n.target if n.op == "call_module" else getattr(n.target, "__name__", str(n.target))
     if len(last) != len(ins):
@@ -285,13 +293,7 @@ def _channels_last(gm, n, ins, last, spatial, nhwc, replace) -> None:
     fn, name = op
     if n.op == "call_module":
         fn = lambda *a, m=fn, **k: m(*a, **k)  # noqa: E731
-    lifted = ChannelsLast(fn, positions, name)
-    args = n.args
-    with gm.graph.inserting_before(n):
-        new = gm.graph.call_function(lifted, tuple(args), dict(n.kwargs))
-    new.meta = dict(n.meta)
-    n.replace_all_uses_with(new)
-    gm.graph.erase_node(n)
+    new = _replace(gm.graph, n, ChannelsLast(fn, positions, name), n.args, n.kwargs)
     spatial.add(new)
     nhwc.add(new)
 
@@ -305,7 +307,7 @@ _FRESH_FUNCS = {torch.conv2d, F.conv2d, torch.cat, operator.add, operator.sub, o
 def _fresh(gm, x) -> bool:
     if x.op == "call_module":
         m = gm.get_submodule(x.target)
-        return isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or (type(m).__name__ in ("GELU", "SiLU", "Mish")) or \
+        return isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or isinstance(m, (nn.GELU, nn.SiLU, nn.Mish)) or \
             (isinstance(m, (nn.ReLU, nn.LeakyReLU)) and not m.inplace)
     return x.op == "call_function" and (x.target in _FRESH_FUNCS or isinstance(x.target, SetChannels))
 
