@@ -24,7 +24,7 @@ flagged), and its wall time is that count times the bare model's time per image 
 measured in the same run (a lower bound: it leaves out the engine's own overhead). No fidelity is printed
 for an estimated job.
 
-    python benchmarks/bench_engine.py [--jobs dncnn96,dncnn256,sr_ca,ffdnet96,ffdnet96_kair,compact_x4,unet_x2] [--device cpu]
+    python benchmarks/bench_engine.py [--jobs dncnn96,dncnn256,sr_ca,ffdnet96,ffdnet96_kair,compact_x4,unet_x2,window_x2] [--device cpu]
                                       [--fresh] [--no-floor] [--estimate-paper dncnn256] [--contend]
 
 ``--contend`` keeps a second CPU-bound process busy (a pure-Python loop) throughout the run, as a CI runner or
@@ -46,6 +46,8 @@ from cem_checks.models import CompactSR, DnCNN, FFDNetLike, RCANLite, UNetSR
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parents[1] / "shared" / "data"
+sys.path.insert(0, str(ROOT.parent))  # the example suite's window-attention model
+from example_suite.nets import WindowSR  # noqa: E402
 RESULTS = ROOT / "results"
 
 
@@ -104,6 +106,9 @@ JOBS = {
                        task=cc.SuperResolution(4), roi=(120, 120, 16), block_size=2, needs_data=False),
     "unet_x2": dict(model=_seeded(lambda: UNetSR(scale=2, features=32)), image=lambda: _bundled(128),
                     task=cc.SuperResolution(2), roi=(56, 56, 16), block_size=4, needs_data=False),
+    # SwinIR-style shifted window attention, padded to a multiple of the window (a 96x96 input)
+    "window_x2": dict(model=_seeded(lambda: WindowSR()), image=lambda: _bundled(192), task=cc.SuperResolution(2),
+                      roi=(88, 88, 16), block_size=8, needs_data=False),
 }
 
 

@@ -1,6 +1,7 @@
 """benchmarks/zoo_coverage.py on two small zoo architectures whose reach is known by hand: DnCNN with 5 3x3 convs
 (5 px) and Compact with 6 3x3 convs at the input's resolution (6 px); both are traced for local evaluation and
-the traced box holds the true dependence."""
+the traced box holds the true dependence; and two window-attention transformers (SwinIR, GRL), captured, whose
+traced box is their true dependence."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def test_markdown_names_the_versions(capsys):
 
     assert f"torch {torch.__version__}, spandrel {spandrel.__version__}" in out
     assert "| name | scale | input |" in out and "| DnCNN | 1 | 32x32 | yes | 5 |" in out
+
+
+def test_window_attention_is_evaluated_locally_with_its_exact_reach():
+    """SwinIR and GRL (shifted window attention, tokens, ``torch.roll``) are captured, their regions of tokens run
+    as one operation, and the traced box is the true dependence: reach 7 and 11 px around the 4-px ROI footprint
+    (the box y 7:25 and 3:29 of the 32-px input)."""
+    rows = {r["name"]: r for r in _benchmark().main(["--arch", "SwinIR,GRL"])}
+    assert rows["SwinIR"]["reach px"] == 7 and rows["GRL"]["reach px"] == 11
+    assert rows["SwinIR"]["local eval"] == "yes, captured (box y 7:25, x 7:25)"
+    assert rows["GRL"]["local eval"] == "yes, captured (box y 3:29, x 3:29)"
+    assert all(r["local in truth"] == "yes" and r["traced >= truth"] == "yes" for r in rows.values())

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in the node's own pixels
@@ -66,6 +67,23 @@ class Geometry:
     def bwd(self, j: int, r: Range, n_in: int, n_out: int, axis: int) -> Range:
         raise NotImplementedError
 
+    def fwd_box(self, j: int, b: Box, hw_in: tuple[int, int], hw_out: tuple[int, int]) -> Box:
+        """The output box that a change of input ``j`` on box ``b`` can change (per axis by default)."""
+        ry = self.fwd(j, (b[0], b[1]), hw_in[0], hw_out[0], 0)
+        rx = self.fwd(j, (b[2], b[3]), hw_in[1], hw_out[1], 1)
+        return (ry[0], ry[1], rx[0], rx[1])
+
+    def bwd_box(self, j: int, b: Box, hw_in: tuple[int, int], hw_out: tuple[int, int]) -> Box:
+        """The box of input ``j`` that the output on box ``b`` depends on (per axis by default)."""
+        ry = self.bwd(j, (b[0], b[1]), hw_in[0], hw_out[0], 0)
+        rx = self.bwd(j, (b[2], b[3]), hw_in[1], hw_out[1], 1)
+        return (ry[0], ry[1], rx[0], rx[1])
+
+    def read_box(self, j: int, b: Box, hw_in: tuple[int, int], hw_out: tuple[int, int]) -> Box:
+        """The box of input ``j`` that :meth:`run` reads to compute the output on box ``b``: the box it depends on,
+        unless the operation needs more of its input to run (a region runs on its whole input)."""
+        return self.bwd_box(j, b, hw_in, hw_out)
+
     def index_map(self, j: int, r: Range, n_in: int, axis: int) -> np.ndarray | None:
         """For padding modes that read inside the map: the input index of each read position (-1: the fill
         value); None when positions outside the map read the fill value."""
@@ -92,6 +110,40 @@ class Pointwise(Geometry):
 
     def run(self, ins, out, reads):
         return self.call(ins)
+
+
+class _Bound(Pointwise):
+    """A pointwise operation called with node ``n``'s own arguments: spatial nodes from the assembled inputs (in
+    ``deps`` order), constant nodes from the frame's baseline values (bound per frame), literals as traced."""
+
+    def __init__(self, n, deps: list, fn: Callable, depends: bool = True):
+        super().__init__(None, depends)
+        self.n, self.fn, self.pos = n, fn, {a: i for i, a in enumerate(deps)}
+        self.resolve: Callable[[Any], Any] | None = None
+        self.hw: tuple[int, int] = (1, 1)  # the node's grid in this frame
+
+    def bind(self, in_hws, resolve):
+        self.resolve = resolve
+        self.hw = max(in_hws, key=lambda hw: hw[0] * hw[1]) if in_hws else (1, 1)
+
+    def run(self, ins, out, reads):  # a method of its own (a copy per frame binds its own constants)
+        return self._call(ins, out)
+
+    def _call(self, ins, out=None):
+        def sub(a):
+            if isinstance(a, torch.fx.Node):
+                if a in self.pos:
+                    return ins[self.pos[a]]
+                v = self.resolve(a)
+                # a constant image of the node's grid (e.g. a noise-level map made at a captured shape) is read on
+                # the box computed, as the inputs are
+                if (out is not None and isinstance(v, torch.Tensor) and v.ndim >= 2 and self.hw != (1, 1)
+                        and tuple(v.shape[-2:]) == self.hw):
+                    v = v[..., out[0]: out[1], out[2]: out[3]]
+                return v
+            return a
+
+        return self.fn(*torch.fx.node.map_aggregate(self.n.args, sub), **torch.fx.node.map_aggregate(self.n.kwargs, sub))
 
 
 _PADDING_MODES = ("reflect", "replicate", "circular")

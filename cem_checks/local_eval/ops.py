@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import GlobalOp, Refused, _attr
+from .region import Region, RegionGeometry
 from .rewrite import Lifted, reduced_dim
 from .geometry import (
-    _PADDING_MODES, Gather, Geometry, Pointwise, Resample, Shuffle, Transposed, Window, _pad_index, _pair,
+    _PADDING_MODES, Gather, Geometry, Pointwise, Resample, Shuffle, Transposed, Window, _Bound, _pad_index, _pair,
 )
 
 
@@ -61,8 +62,14 @@ _GLOBAL_METHODS = {"mean": "a reduction", "sum": "a reduction", "amax": "a reduc
                    "view": "a reshape", "reshape": "a reshape", "flatten": "a reshape", "permute": "a permutation",
                    "transpose": "a permutation", "size": "shape-dependent code", "expand": "shape-dependent code",
                    "repeat": "shape-dependent code"}
-#: Methods whose refusal in a symbolic trace comes from shape code, which a capture at a fixed shape resolves.
-_SHAPE_METHODS = {"size", "view", "reshape", "expand", "repeat", "flatten", "permute", "transpose"}
+#: Methods whose refusal in a symbolic trace comes from shape code, which a capture at a fixed shape resolves, or
+#: that may be part of a region of tokens (window attention), which a capture reads (:mod:`.region`).
+_SHAPE_METHODS = {"size", "view", "reshape", "expand", "repeat", "flatten", "permute", "transpose", "softmax",
+                  "matmul", "bmm"}
+#: Modules and functions that may be part of a region of tokens: refused in a symbolic trace, read in a capture.
+_TOKEN_MODULES = (nn.LayerNorm, nn.MultiheadAttention, nn.Softmax, nn.Linear, nn.Flatten)
+_TOKEN_FUNCS = {torch.softmax, F.softmax, torch.matmul, torch.bmm, torch.einsum, F.layer_norm, operator.matmul,
+                F.scaled_dot_product_attention, F.linear, torch.flatten}
 _POINTWISE_FUNCS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pos,
     torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.relu, torch.clamp, torch.clip, torch.sigmoid,
@@ -88,40 +95,6 @@ _INPLACE_METHODS = {"add_", "sub_", "mul_", "div_", "clamp_", "relu_", "clamp_mi
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
 
 
-class _Bound(Pointwise):
-    """A pointwise operation called with node ``n``'s own arguments: spatial nodes from the assembled inputs (in
-    ``deps`` order), constant nodes from the frame's baseline values (bound per frame), literals as traced."""
-
-    def __init__(self, n, deps: list, fn: Callable, depends: bool = True):
-        super().__init__(None, depends)
-        self.n, self.fn, self.pos = n, fn, {a: i for i, a in enumerate(deps)}
-        self.resolve: Callable[[Any], Any] | None = None
-        self.hw: tuple[int, int] = (1, 1)  # the node's grid in this frame
-
-    def bind(self, in_hws, resolve):
-        self.resolve = resolve
-        self.hw = max(in_hws, key=lambda hw: hw[0] * hw[1]) if in_hws else (1, 1)
-
-    def run(self, ins, out, reads):  # a method of its own (a copy per frame binds its own constants)
-        return self._call(ins, out)
-
-    def _call(self, ins, out=None):
-        def sub(a):
-            if isinstance(a, torch.fx.Node):
-                if a in self.pos:
-                    return ins[self.pos[a]]
-                v = self.resolve(a)
-                # a constant image of the node's grid (e.g. a noise-level map made at a captured shape) is read on
-                # the box computed, as the inputs are
-                if (out is not None and isinstance(v, torch.Tensor) and v.ndim >= 2 and self.hw != (1, 1)
-                        and tuple(v.shape[-2:]) == self.hw):
-                    v = v[..., out[0]: out[1], out[2]: out[3]]
-                return v
-            return a
-
-        return self.fn(*torch.fx.node.map_aggregate(self.n.args, sub), **torch.fx.node.map_aggregate(self.n.kwargs, sub))
-
-
 def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
     """The geometry of node ``n`` (which reads the spatial nodes ``deps``) and whether it is convolution-like."""
 
@@ -141,7 +114,8 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
             raise Refused(f"{n.target}: unexpected call arguments")
         for t, reason in _GLOBAL_MODULES.items():
             if isinstance(m, t):
-                raise GlobalOp(f"{n.target}: {type(m).__name__} is not a local operation ({reason})")
+                kind = Refused if isinstance(m, _TOKEN_MODULES) else GlobalOp
+                raise kind(f"{n.target}: {type(m).__name__} is not a local operation ({reason})")
         if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:
             return _conv(m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, m.padding_mode, m.kernel_size,
                          n.target), True
@@ -191,8 +165,10 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
     name = getattr(fn, "__name__", str(fn))
     if isinstance(fn, Lifted):  # made pointwise by a rewrite (channel parts, channels-last regions)
         return pointwise(fn), False
+    if isinstance(fn, Region):  # a region of tokens, run whole
+        return RegionGeometry(n, deps, fn), True
     if fn in _GLOBAL_FUNCS:
-        raise (Refused if fn is torch.flatten else GlobalOp)(f"{n.name}: {name} is {_GLOBAL_FUNCS[fn]}")
+        raise (Refused if fn in _TOKEN_FUNCS else GlobalOp)(f"{n.name}: {name} is {_GLOBAL_FUNCS[fn]}")
     args = list(n.args)
     kw = dict(n.kwargs)
 

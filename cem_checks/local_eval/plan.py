@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .capture import GlobalOp, Refused, _attr, capture, trace
 from .geometry import EMPTY, Box, Geometry, _area, _empty, _inter, _union
 from .ops import _INPLACE_FUNCS, _INPLACE_METHODS, _geometry
+from .region import RegionGeometry, wrap_regions
 from .rewrite import lift
 
 #: Refuse a plan whose baseline activations would take more memory than this.
@@ -98,10 +99,7 @@ class LocalPlan:
                 for j, i in enumerate(op.inputs):
                     if _empty(chg[i]):
                         continue
-                    hi, wi = hws[i]
-                    ry = op.geo.fwd(j, (chg[i][0], chg[i][1]), hi, H, 0)
-                    rx = op.geo.fwd(j, (chg[i][2], chg[i][3]), wi, W, 1)
-                    c = _union(c, _inter((ry[0], ry[1], rx[0], rx[1]), (0, H, 0, W)))
+                    c = _union(c, _inter(op.geo.fwd_box(j, chg[i], hws[i], (H, W)), (0, H, 0, W)))
             chg.append(c)
         comp: list[Box] = [EMPTY] * len(self.ops)
         need: list[Box] = [EMPTY] * len(self.ops)
@@ -122,9 +120,7 @@ class LocalPlan:
 
     @staticmethod
     def _read(op: _Op, j: int, K: Box, hw: tuple[int, int], hw_in: tuple[int, int]) -> Box:
-        ry = op.geo.bwd(j, (K[0], K[1]), hw_in[0], hw[0], 0)
-        rx = op.geo.bwd(j, (K[2], K[3]), hw_in[1], hw[1], 1)
-        return (ry[0], ry[1], rx[0], rx[1])
+        return op.geo.bwd_box(j, K, hw_in, hw)
 
     @staticmethod
     def _hull(op: _Op, j: int, G: Box, hw_in: tuple[int, int]) -> Box:
@@ -140,7 +136,14 @@ class LocalPlan:
         """Output pixels computed per image, averaged over the convolution-like operations (all operations when
         there are none): a full forward of a same-resolution model on an h x w frame counts h * w."""
         ops = [k for k, op in enumerate(self.ops) if op.kind == "op" and (op.conv_like or not self.n_conv)]
-        return float(sum(_area(comp[k]) for k in ops)) / max(1, len(ops))
+        return float(sum(self._computed(k, comp[k]) for k in ops)) / max(1, len(ops))
+
+    def _computed(self, k: int, box: Box) -> int:
+        """The output pixels node ``k`` computes for its box: a region of tokens computes its whole output."""
+        if _empty(box) or not getattr(self.ops[k].geo, "whole", False):
+            return _area(box)
+        v = self.ops[k].node.meta.get("example_value")
+        return int(v.shape[-2] * v.shape[-1]) if isinstance(v, torch.Tensor) else _area(box)
 
     # --------------------------------------------------------------------------------- evaluation
     def evaluate(self, base: list[Any], hws, comp: list[Box], x0: torch.Tensor) -> torch.Tensor:
@@ -162,7 +165,7 @@ class LocalPlan:
                 continue
             ins, reads = [], []
             for j, i in enumerate(op.inputs):
-                G = self._read(op, j, K, hws[k], hws[i])
+                G = op.geo.read_box(j, K, hws[i], hws[k])
                 reads.append(G)
                 ins.append(self._assemble(base[i], hws[i], vals[i], comp[i], G, n, op.geo, op.geo.fill, j))
             vals[k] = op.geo.run(ins, K, reads)
@@ -239,9 +242,26 @@ def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | N
         return None, f"{why}; {cwhy}"
     try:
         lift(gm)
-        return LocalPlan(gm, _ops(gm), tuple(x.shape)), "ok"
+        regions = wrap_regions(gm)
+        plan = LocalPlan(gm, _ops(gm), tuple(x.shape))
+        if regions:
+            _analyse(plan, x)
+        return plan, "ok"
     except Refused as exc:
         return None, f"{why}; captured at {tuple(x.shape)}: {exc}"
+
+
+def _analyse(plan: LocalPlan, x: torch.Tensor) -> None:
+    """The dependency maps of the plan's regions of tokens, from the values of their inputs at ``x``."""
+    with torch.no_grad():
+        vals = plan.baseline(x)
+    for op in plan.ops:
+        if isinstance(op.geo, RegionGeometry):
+            region, n = op.geo.region, op.node
+            ph = [p.name for p in region.gm.graph.nodes if p.op == "placeholder"]
+            k = region.n_images
+            consts = {name: vals[plan.index[a]] for name, a in zip(ph[k:], n.args[k:])}
+            region.analyse(consts, [tuple(vals[plan.index[a]].shape) for a in n.args[:k]])
 
 
 #: Methods that read only the dtype (and device) of their argument.

@@ -11,8 +11,9 @@ pointwise operations on NCHW images (the form the plan's geometries know):
   kept as its NCHW image, and each operation runs on its inputs permuted to channels-last and permutes its result
   back, which is the operation itself.
 
-Anything else that reads a channels-last node (a reshape to tokens, a mix with an NCHW image, a spatial index) is
-refused, naming it: nothing in the region is left for the geometries to misread as NCHW.
+A channels-last region where anything else reads a channels-last node (a reshape to tokens, a mix with an NCHW
+image, a spatial index) is not rewritten: its permutation is left for a region of tokens (:mod:`.region`) to take,
+and nothing in it is left for the geometries to misread as NCHW.
 """
 
 from __future__ import annotations
@@ -220,12 +221,68 @@ def _replace(graph, n, target, args, kwargs=None) -> torch.fx.Node:
     return new
 
 
+def _unlifted(gm) -> set[str]:
+    """The permutations to channels-last whose region holds an operation that is not per pixel (a reshape to
+    tokens, window attention): they are left as they are, for a region of tokens (:mod:`.region`) to take."""
+    skip: set[str] = set()
+    while True:
+        bad = _probe(gm, skip)
+        if bad <= skip:
+            return skip
+        skip |= bad
+
+
+def _probe(gm, skip: set[str]) -> set[str]:
+    """One pass of :func:`lift`'s reading of channels-last regions, changing nothing: the entering permutations
+    (not in ``skip``) of the regions it would refuse."""
+    spatial: set = set()
+    origin: dict = {}  # a channels-last node: the permutations its region entered by
+    bad: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            spatial.add(n)
+            continue
+        ins = [a for a in n.all_input_nodes if a in spatial]
+        if not ins or n.op == "output":
+            if n.op == "output":
+                bad |= set().union(*(origin[a] for a in ins if a in origin))
+            continue
+        last = [a for a in ins if a in origin]
+        spatial.add(n)
+        perm = _perm(n)
+        if perm == _NHWC and not last and n.name not in skip:
+            origin[n] = {n.name}
+            continue
+        if not last or (perm == _NCHW and last == ins == [n.args[0]]):
+            continue
+        where = set().union(*(origin[a] for a in last))
+        split = _split_args(n)
+        ok = len(last) == len(ins) and (
+            (split is not None and split[2] in (3, -1) and all(
+                u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                for u in n.users))
+            or (n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int)
+                and _split_args(n.args[0]) is not None)
+            or (n.op == "call_function" and n.target is operator.getitem and _channel_key(n.args[1], nhwc=True))
+            or _pixel_op(gm, n) is not None)
+        if ok:
+            leaves: list = []
+            torch.fx.node.map_aggregate((n.args, n.kwargs), lambda a: leaves.append(a) or a)
+            ok = all(_node_in(a, origin) or _constant_ok(gm, a) for a in leaves) or split is not None
+        if ok:
+            origin[n] = where
+        else:
+            bad |= where
+    return bad
+
+
 def lift(gm) -> None:
-    """Apply the rewrites of this module to ``gm``'s graph in place (see the module docstring). Raises
-    :class:`Refused` for a channels-last node read by an operation that is not per pixel."""
+    """Apply the rewrites of this module to ``gm``'s graph in place (see the module docstring). A channels-last
+    region with an operation that is not per pixel is left as it is (see :func:`_unlifted`)."""
     graph = gm.graph
     spatial: set = set()
     nhwc: set = set()
+    skip = _unlifted(gm)
 
     for n in list(graph.nodes):
         if n.op == "placeholder":
@@ -238,7 +295,7 @@ def lift(gm) -> None:
             continue
         last = [a for a in ins if a in nhwc]
         perm = _perm(n)
-        if perm == _NHWC and not last:  # entering a channels-last region
+        if perm == _NHWC and not last and n.name not in skip:  # entering a channels-last region
             new = _replace(graph, n, Identity(), [n.args[0]])
             spatial.add(new)
             nhwc.add(new)
