@@ -15,6 +15,7 @@ from torch import nn
 import cem_checks as cc
 from cem_checks import local_eval as le
 from nets import _init
+from test_rewrites import _local_matches_forward
 
 
 class KairFFDNet(nn.Module):
@@ -224,7 +225,7 @@ def test_captures_go_on_past_torch_compiles_recompile_limit():
 
 def test_a_job_captures_its_model_once_per_input_shape(monkeypatch, natural32):
     """The traced reach and local evaluation share one plan per input shape: a model whose crop is refused runs
-    everything at the full input's shape, captured once."""
+    everything at the full input's shape, read once (by the trace at that shape)."""
     import importlib
 
     from test_fast_mode import NeedsMultipleOf32
@@ -232,13 +233,101 @@ def test_a_job_captures_its_model_once_per_input_shape(monkeypatch, natural32):
     plan_module = importlib.import_module("cem_checks.local_eval.plan")
     shapes = []
 
-    def counted(model, x):
-        shapes.append(tuple(x.shape))
-        return le.capture(model, x)
+    def counted(read):
+        def at(model, x):
+            shapes.append(tuple(x.shape))
+            return read(model, x)
+        return at
 
-    monkeypatch.setattr(plan_module, "capture", counted)
+    # the trace at a shape reads this model; the capture (TorchDynamo) is not needed
+    monkeypatch.setattr(plan_module, "shaped_trace", counted(plan_module.shaped_trace))
+    monkeypatch.setattr(plan_module, "capture", counted(le.capture))
     big = np.concatenate([np.concatenate([natural32] * 2, 0)] * 2, 1)
     res = cc.compute_cem(NeedsMultipleOf32(), big, task="dn20", roi=(24, 24, 8), block_size=4, coarse=2, fine=4,
                          progress=False, device="cpu")
     assert res.meta["fast"]["crop"] is None and res.meta["fast"]["local_eval"]["used"] is True
     assert shapes == [(1, 3, 64, 64)]
+
+
+class _Hooked(nn.Module):
+    """Shape code (padding to a multiple of 4) inside a block whose forward hook doubles its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+        self.inner = _PadTo4(self.block)
+        self.inner.register_forward_hook(lambda m, i, o: o * 2)
+
+    def forward(self, x):
+        return x + 0.1 * self.inner(x)
+
+
+class _TypeChecked(_Hooked):
+    """A type check on the input: a traced proxy is no tensor, so the trace at a shape records the other branch,
+    its output differs from the model's, and TorchDynamo, which runs on real tensors, captures the model instead."""
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            return self.inner(x)
+        return x + 0.1 * self.inner(x)
+
+
+class _PadTo4(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return self.body(F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate"))[..., :h, :w]
+
+
+class _ReadsValues(nn.Module):
+    """A branch on the input's content through ``.item()``: data-dependent, not a size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = x.shape[-1]
+        return self.conv(x) * (2.0 if x.mean().item() > 0.5 else 1.0) + h * 0.0
+
+
+def test_the_trace_at_a_shape_reads_shape_code_without_the_compiler(monkeypatch):
+    import importlib
+
+    plan_module = importlib.import_module("cem_checks.local_eval.plan")
+    monkeypatch.setattr(plan_module, "capture", lambda model, x: pytest.fail("TorchDynamo was not needed"))
+    torch.manual_seed(0)
+    model = _PadTo4(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))).eval()
+    x = _image(30)[None]
+    plan, why = le.build_plan(model, x)
+    assert why == "ok" and plan.shape == (1, 3, 30, 30)
+    with torch.no_grad():
+        assert torch.equal(plan.baseline(x)[-1], model(x))
+
+
+@pytest.mark.parametrize("make, dynamo", [(_Hooked, False), (_TypeChecked, True)])
+def test_the_trace_at_a_shape_is_used_only_where_it_gives_the_models_output(monkeypatch, make, dynamo):
+    """Hooks run in the trace (on modules traced through too); a graph whose output differs from the model's
+    (here a branch on the input's type) is not used: the capture reads the model instead."""
+    import importlib
+
+    plan_module = importlib.import_module("cem_checks.local_eval.plan")
+    read = []
+    real = plan_module.capture
+    monkeypatch.setattr(plan_module, "capture", lambda model, x: read.append(tuple(x.shape)) or real(model, x))
+    torch.manual_seed(0)
+    model = make().eval()
+    x = _image(30)[None]
+    plan, why = le.build_plan(model, x)
+    assert why == "ok" and read == ([(1, 3, 30, 30)] if dynamo else [])
+    with torch.no_grad():
+        assert torch.equal(plan.baseline(x)[-1], model(x))
+    _local_matches_forward(model, x, (12, 20, 12, 20), [(0, 4, 0, 4), (12, 16, 16, 20), (26, 30, 26, 30)], plan)
+
+
+def test_the_trace_at_a_shape_refuses_values_read_into_python():
+    gm, why = le.shaped.shaped_trace(_ReadsValues().eval(), _image(16)[None])
+    assert gm is None and "item reads the input's values into Python (float)" in why, why

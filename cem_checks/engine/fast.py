@@ -47,8 +47,16 @@ def support_candidates(eng: Engine, search: SupportSearch | None, coarse: int, o
 
 
 def crop_frame(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tuple[Frame, dict[str, Any]]:
-    """Stage 2: the frame the draws run in (a verified crop, or the full input)."""
+    """Stage 2: the frame the draws run in (a verified crop, or the full input). A model whose local-evaluation
+    plan is a capture at the full input's shape (made for the traced reach) draws in the full input: local
+    evaluation computes only what the ROI needs there, and a crop would capture the model again at its shape. Not
+    so where the plan has a region of tokens, which runs on its whole input: a crop makes that smaller."""
     if opts.crop and not candidates.all():
+        plan = eng.plans.get(tuple(eng.full.x.shape), (None, ""))[0]
+        if opts.local_eval and plan is not None and plan.shape is not None and not plan.has_whole and \
+                eng.runner.precision == "fp32":
+            return eng.full, {"crop": None, "crop_check": "not needed: local evaluation in the full input, "
+                                                          "captured for the traced reach"}
         return verified_crop(eng, candidates, opts)
     return eng.full, {"crop": None, "crop_check": "off" if not opts.crop else "not needed"}
 

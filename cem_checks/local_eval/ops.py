@@ -221,6 +221,10 @@ def _geometry(gm, n, deps: list, index: dict) -> tuple[Geometry, bool]:
         if fn is torch.stack and dim in (3, 4):
             raise Refused(f"{n.name}: {name} along a spatial dim (dim={dim})")
         return pointwise(lambda items, dim=dim, fn=fn: fn([_batched(t, items) for t in items], dim=dim)), False
+    if fn is F.batch_norm:  # a BatchNorm2d as a capture gives it: per channel with running statistics
+        if arg(5, "training", False) or any(a in deps for a in args[1:] + list(kw.values())):
+            raise Refused(f"{n.name}: batch_norm with batch statistics (training mode) is global")
+        return pointwise(fn), False
     if fn in _LIKE:
         return pointwise(fn, depends=False), False
     if fn is torch.repeat_interleave and arg(2, "dim") in (1, -3) and isinstance(arg(1, "repeats"), int):

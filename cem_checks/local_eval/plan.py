@@ -14,11 +14,14 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from ..engine.guard import preserved
+
 from .capture import GlobalOp, Refused, _attr, capture, trace
 from .geometry import EMPTY, Box, Geometry, _area, _empty, _inter, _union
 from .ops import _INPLACE_FUNCS, _INPLACE_METHODS, _geometry
 from .region import RegionGeometry, wrap_regions
 from .rewrite import lift
+from .shaped import shaped_trace
 
 #: Refuse a plan whose baseline activations would take more memory than this.
 MAX_BASELINE_BYTES = 2 * 1024**3
@@ -42,6 +45,8 @@ class LocalPlan:
         self.shape = shape  # the one input shape of a captured plan; None: a symbolic trace, any shape
         self.index = {op.node: i for i, op in enumerate(ops)}
         self.n_conv = sum(op.conv_like for op in ops)
+        #: some operation computes its whole output whatever box is asked for (a region of tokens)
+        self.has_whole = any(getattr(op.geo, "whole", False) for op in ops)
 
     # --------------------------------------------------------------------------- baseline activations
     def baseline(self, x: torch.Tensor) -> list[Any]:
@@ -237,18 +242,34 @@ def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | N
         why = str(exc)
     if x is None:
         return None, why
+    gm, swhy = shaped_trace(model, x)
+    if gm is not None:
+        try:
+            plan = _at_shape(gm, x)
+            with torch.no_grad(), preserved(model):
+                same = torch.equal(plan.baseline(x)[-1], model(x.clone()))
+            if same:
+                return plan, "ok"
+            swhy = f"traced at {tuple(x.shape)}: its output differs from the model's (hooks?)"
+        except Refused as exc:
+            swhy = f"traced at {tuple(x.shape)}: {exc}"
     gm, cwhy = capture(model, x)
     if gm is None:
-        return None, f"{why}; {cwhy}"
+        return None, f"{why}; {swhy}; {cwhy}"
     try:
-        lift(gm)
-        regions = wrap_regions(gm)
-        plan = LocalPlan(gm, _ops(gm), tuple(x.shape))
-        if regions:
-            _analyse(plan, x)
-        return plan, "ok"
+        return _at_shape(gm, x), "ok"
     except Refused as exc:
         return None, f"{why}; captured at {tuple(x.shape)}: {exc}"
+
+
+def _at_shape(gm, x: torch.Tensor) -> LocalPlan:
+    """The plan of a graph read at the shape of ``x`` (its nodes know their shapes): rewrites, regions of tokens."""
+    lift(gm)
+    regions = wrap_regions(gm)
+    plan = LocalPlan(gm, _ops(gm), tuple(x.shape))
+    if regions:
+        _analyse(plan, x)
+    return plan
 
 
 def _analyse(plan: LocalPlan, x: torch.Tensor) -> None:
