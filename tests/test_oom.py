@@ -37,7 +37,8 @@ def test_oom_halves_the_batch_and_gives_the_same_map(natural32):
     res = cc.compute_cem(fake, natural32, batch_size=16, **kw)
     ref = cc.compute_cem(inner, natural32, batch_size=2, **kw)
     assert fake.refusals >= 1 and res.meta["oom_backoffs"] >= 1
-    assert res.meta["batch_size"] == 2  # 16 -> 8 -> 4 -> 2
+    # halved from the batch that failed until one fits: at most the allocator's 3 images
+    assert 1 <= res.meta["batch_size"] <= 3
     np.testing.assert_array_equal(res.support, ref.support)
     np.testing.assert_array_equal(res.samples_db, ref.samples_db)
 
