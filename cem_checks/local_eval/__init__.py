@@ -38,19 +38,25 @@ Supported (:func:`build_plan` refuses anything else and says which operation and
   channels.
 
 Refused as *global* (any block may change the ROI): global or adaptive pooling, reductions over the image
-(mean, sum, softmax), matrix products (attention), normalisations over the spatial dims (layer, group and
-instance norm), batch norm with batch statistics.
+(mean, sum), normalisations over the spatial dims (group and instance norm), batch norm with batch statistics,
+and regions of tokens every output pixel of which depends on the whole image (attention across the image).
 
 Shape code (``n, c, h, w = x.shape``, padding to a multiple and cropping back, ``F.interpolate(size=...)``,
-control flow on sizes, a plain function wrapping a model), which the symbolic trace cannot follow, is captured as
-the model really runs at the job's input shape (``torch.compile`` with static shapes, one graph): every size is
+control flow on sizes, a plain function wrapping a model), which the symbolic trace cannot follow, is read as the
+model really runs at the job's input shape: the trace at a shape (:mod:`.shaped`, values computed as it traces),
+used where its output equals the model's, else ``torch.compile`` with static shapes (one graph). Every size is
 then a constant, sizes of resampling become integer factors, and the plan holds for that shape only.
 
+Window attention, reshapes to tokens and ``torch.roll`` in such a graph become *regions of tokens* (:mod:`.region`):
+one operation each, run on its whole input, whose geometry is the exact dependency of its output pixels on its
+input pixels, computed on boxes (:mod:`.boxes`).
+
 Modules, one job each: :mod:`.capture` (the ``torch.fx`` trace and the capture at a shape, under the engine's guard;
-:class:`Refused`, :class:`GlobalOp`),
+:class:`Refused`, :class:`GlobalOp`), :mod:`.shaped` (the trace at a shape),
 :mod:`.geometry` (boxes; how each kind of operation maps boxes between its input and output grids),
 :mod:`.ops` (which geometry each supported operation gets, and the operations refused as global),
 :mod:`.rewrite` (channel parts, channel assignment and channels-last regions rewritten to pointwise operations),
+:mod:`.region` and :mod:`.boxes` (regions of tokens and their dependency boxes),
 :mod:`.plan` (:func:`build_plan`, :class:`LocalPlan`: the nodes of the graph, schedules, evaluation on boxes) and
 :mod:`.evaluation` (:class:`FrameEvaluator`, :data:`GROUP_SLACK`, :func:`traced_reach`).
 """
