@@ -331,3 +331,29 @@ def test_the_trace_at_a_shape_is_used_only_where_it_gives_the_models_output(monk
 def test_the_trace_at_a_shape_refuses_values_read_into_python():
     gm, why = le.shaped.shaped_trace(_ReadsValues().eval(), _image(16)[None])
     assert gm is None and "item reads the input's values into Python (float)" in why, why
+
+
+class _RebindsMean(nn.Module):
+    """``self.mean = self.mean.type_as(x)`` in forward (EDSR, RCAN, SwinIR): the symbolic trace reads the buffer
+    before forward rebinds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.register_buffer("mean", torch.tensor([0.4, 0.45, 0.5]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        self.mean = self.mean.type_as(x)
+        return self.conv(x - self.mean) + self.mean
+
+
+def test_an_attribute_rebound_in_forward_is_read_as_the_model_holds_it():
+    torch.manual_seed(0)
+    model = _RebindsMean().eval()
+    x = _image(16)[None]
+    plan, why = le.build_plan(model, x)
+    assert why == "ok" and plan.shape is None  # the symbolic trace, valid at any shape
+    box, why, _ = le.traced_reach(model, x, (4, 8, 4, 8))
+    assert why == "ok" and box == (3, 9, 3, 9)
+    _local_matches_forward(model, x, (4, 8, 4, 8), [(0, 4, 0, 4), (4, 8, 8, 12)], plan)
+    assert isinstance(model.mean, torch.Tensor) and "mean" in dict(model.named_buffers())

@@ -36,10 +36,17 @@ def trace(model: Any) -> torch.fx.GraphModule:
     try:  # a symbolic trace writes its proxies into attributes that forward assigns: restored after
         with warnings.catch_warnings(), preserved(model):
             warnings.simplefilter("ignore")
-            return torch.fx.symbolic_trace(model)
+            gm = torch.fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: not supported
         raise Refused(f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") \
             from exc
+    # an attribute that forward rebinds (``self.mean = self.mean.type_as(x)``) was copied as the proxy written into
+    # it: the graph reads it before forward writes it, which is the model's own value (restored by now)
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and isinstance(_attr(gm, n.target), torch.fx.Proxy):
+            owner, _, name = n.target.rpartition(".")
+            setattr(gm.get_submodule(owner) if owner else gm, name, _attr(model, n.target))
+    return gm
 
 
 #: Functions a capture names by their internal aliases, mapped to the public ones the geometries know.
