@@ -43,7 +43,7 @@ _POINT = {"add", "sub", "mul", "truediv", "div", "neg", "pos", "pow", "iadd", "i
           "hardsigmoid", "relu6", "dropout", "clamp", "clip", "clamp_min", "clamp_max", "where", "masked_fill",
           "exp", "log", "sqrt", "rsqrt", "abs", "sign", "float", "half", "to", "type", "type_as", "sin", "cos",
           "erf", "reciprocal", "square", "maximum", "minimum", "lerp", "addcmul", "prelu", "floordiv", "mod",
-          "floor_divide", "batch_norm", "sub_", "add_", "mul_", "div_", "clamp_", "relu_", "gelu_", "copy"}
+          "floor_divide", "batch_norm", "copy"}
 _SHAPE_ONLY = {"ones_like", "zeros_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
                "new_empty", "size", "dim", "numel"}
 _SOFTMAX = {"softmax", "log_softmax", "normalize", "cumsum"}
@@ -63,7 +63,7 @@ class _Mixes(Exception):
 
 def _inplace(n, name: str) -> bool:
     return (n.op == "call_method" and name.endswith("_") and not name.startswith("_")) or \
-        name in ("iadd", "isub", "imul", "itruediv", "copy_")
+        name in ("iadd", "isub", "imul", "itruediv")
 
 
 def _viewed(x) -> bool:
@@ -212,14 +212,8 @@ class BoxInterpreter:
             return self._setitem(n, box, val)
         if _inplace(n, name):
             raise Refused(f"{n.name}: in-place {name} inside a region of tokens")
-        if name in _POINT or name.endswith("_") and name.rstrip("_") in _POINT:
-            out = union(planes, shape)
-            if _inplace(n, name) and isinstance(n.args[0], torch.fx.Node):  # every later reader of x reads this
-                if _viewed(n.args[0]):
-                    raise Refused(f"{n.name}: in-place {name} on {n.args[0].name}, which may share memory with "
-                                  "another tensor")
-                box[x] = out
-            return out
+        if name.rstrip("_") in _POINT:  # (in-place methods are refused above; torch.relu_(x) keeps x's boxes)
+            return union(planes, shape)
         if name in _SOFTMAX:
             return _along(box[x], [self._arg(n, 1, "dim", 1 if name == "normalize" else -1)], shape)
         if name == "layer_norm" or name == "rms_norm":

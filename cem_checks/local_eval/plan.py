@@ -244,38 +244,44 @@ def build_plan(model: Any, x: torch.Tensor | None = None) -> tuple[LocalPlan | N
         return None, why
     gm, swhy = shaped_trace(model, x)
     if gm is not None:
+        from ..engine.runner import is_oom
+
         try:
-            plan = _at_shape(gm, x)
+            plan, out = _at_shape(gm, x)
             with torch.no_grad(), preserved(model):
-                same = torch.equal(plan.baseline(x)[-1], model(x.clone()))
-            if same:
-                return plan, "ok"
-            swhy = f"traced at {tuple(x.shape)}: its output differs from the model's (hooks?)"
-        except Refused as exc:
-            swhy = f"traced at {tuple(x.shape)}: {exc}"
+                if torch.equal(out, model(x.clone())):
+                    return plan, "ok"
+            swhy = f"traced at {tuple(x.shape)}: its output differs from the model's"
+        except Exception as exc:  # noqa: BLE001 - a graph this trace got wrong: the capture reads the model
+            if is_oom(exc):
+                raise
+            swhy = f"traced at {tuple(x.shape)}: {exc if isinstance(exc, Refused) else repr(exc)}"
     gm, cwhy = capture(model, x)
     if gm is None:
         return None, f"{why}; {swhy}; {cwhy}"
     try:
-        return _at_shape(gm, x), "ok"
+        return _at_shape(gm, x, output=False)[0], "ok"
     except Refused as exc:
         return None, f"{why}; captured at {tuple(x.shape)}: {exc}"
 
 
-def _at_shape(gm, x: torch.Tensor) -> LocalPlan:
-    """The plan of a graph read at the shape of ``x`` (its nodes know their shapes): rewrites, regions of tokens."""
+def _at_shape(gm, x: torch.Tensor, output: bool = True) -> tuple[LocalPlan, torch.Tensor | None]:
+    """The plan of a graph read at the shape of ``x`` (its nodes know their shapes: rewrites, regions of tokens),
+    and (``output``) the graph's output at ``x``, from the one baseline pass that the regions' maps also read."""
     lift(gm)
     regions = wrap_regions(gm)
     plan = LocalPlan(gm, _ops(gm), tuple(x.shape))
-    if regions:
-        _analyse(plan, x)
-    return plan
-
-
-def _analyse(plan: LocalPlan, x: torch.Tensor) -> None:
-    """The dependency maps of the plan's regions of tokens, from the values of their inputs at ``x``."""
+    if not (regions or output):
+        return plan, None
     with torch.no_grad():
         vals = plan.baseline(x)
+    if regions:
+        _analyse(plan, vals)
+    return plan, vals[-1]
+
+
+def _analyse(plan: LocalPlan, vals: list[Any]) -> None:
+    """The dependency maps of the plan's regions of tokens, from the baseline values ``vals`` of its nodes."""
     for op in plan.ops:
         if isinstance(op.geo, RegionGeometry):
             region, n = op.geo.region, op.node

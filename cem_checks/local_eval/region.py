@@ -59,6 +59,7 @@ class Region:
     def __init__(self, gm, n_images: int, names: list[str], first: str, last: str):
         self.gm, self.n_images, self.names, self.first, self.last = gm, n_images, names, first, last
         self.maps: list[np.ndarray] = []
+        self.batched = True  # runs the interventions of a group at once (vmap) until an operation refuses to
 
     def __call__(self, *args):
         return self.gm(*args)
@@ -124,15 +125,17 @@ class RegionGeometry(_Bound):
     bwd = fwd
 
     def run(self, ins, out, reads):
-        pos, deps = self.pos, [None] * len(ins)
-        for a, i in pos.items():
-            deps[i] = a
-        images = [ins[pos[a]].clone() for a in self.n.args[: self.region.n_images]]
+        from ..engine.runner import is_oom
+
+        images = [ins[self.pos[a]].clone() for a in self.n.args[: self.region.n_images]]
         consts = [self.resolve(a) if isinstance(a, torch.fx.Node) else a for a in self.n.args[self.region.n_images:]]
-        gm = self.region.gm
-        try:
-            y = torch.func.vmap(lambda *xs: gm(*xs, *consts))(*[x.unsqueeze(1) for x in images]).squeeze(1)
-        except Exception:  # noqa: BLE001 - an operation vmap does not batch: one intervention at a time
+        gm, y = self.region.gm, None
+        if self.region.batched:
+            try:
+                y = torch.func.vmap(lambda *xs: gm(*xs, *consts))(*[x.unsqueeze(1) for x in images]).squeeze(1)
+            except Exception as exc:  # noqa: BLE001 - an operation vmap does not batch: one at a time from now on
+                self.region.batched = is_oom(exc)
+        if y is None:
             y = torch.cat([gm(*[x[i: i + 1] for x in images], *consts) for i in range(images[0].shape[0])])
         return y[..., out[0]: out[1], out[2]: out[3]]
 
