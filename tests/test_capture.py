@@ -249,6 +249,25 @@ def test_a_job_captures_its_model_once_per_input_shape(monkeypatch, natural32):
     assert shapes == [(1, 3, 64, 64)]
 
 
+def test_the_traced_reach_and_the_draws_share_one_frame_evaluator(monkeypatch, natural32):
+    """Where the draws run in the full input, the baseline activations the traced reach computed serve them too."""
+    from test_fast_mode import NeedsMultipleOf32
+
+    built = []
+    init = le.FrameEvaluator.__init__
+
+    def counted(self, plan, x, roi):
+        built.append((tuple(x.shape), roi))
+        init(self, plan, x, roi)
+
+    monkeypatch.setattr(le.FrameEvaluator, "__init__", counted)
+    big = np.concatenate([np.concatenate([natural32] * 2, 0)] * 2, 1)
+    res = cc.compute_cem(NeedsMultipleOf32(), big, task="dn20", roi=(24, 24, 8), block_size=4, coarse=2, fine=4,
+                         progress=False, device="cpu")
+    assert res.meta["fast"]["local_eval"]["used"] is True and res.meta["fast"]["local_eval"]["draws"] > 0
+    assert built == [((1, 3, 64, 64), (24, 32, 24, 32))]
+
+
 class _Hooked(nn.Module):
     """Shape code (padding to a multiple of 4) inside a block whose forward hook doubles its output."""
 

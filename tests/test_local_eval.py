@@ -163,6 +163,31 @@ def test_blocks_evaluated_together_equal_blocks_evaluated_alone():
         assert float((a - b).abs().max()) <= 1e-5
 
 
+def test_group_costs_count_multiply_adds_and_the_calls_saved():
+    """The work of a box is the multiply-adds of its convolutions (weight size per output pixel) plus the
+    channels of other operations; far apart blocks of a small model join one group once the cost of a call is
+    counted, and give the same outputs as blocks evaluated alone."""
+    model = _init(DnCNN(features=4, depth=5), 3)
+    plan, _ = build_plan(model)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 3, H, W, generator=g)
+    ev = FrameEvaluator(plan, x, ROIS["centre"])
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    box = (10, 14, 10, 14)
+    comp = [box if op.kind == "op" else local_eval.EMPTY for op in plan.ops]
+    others = sum(v.shape[1] for op, v in zip(plan.ops, ev.base) if op.kind == "op" and not op.conv_like)
+    assert ev.work(comp) == 16 * (sum(c.weight.numel() for c in convs) + others)
+    blocks = [(8, 12, 8, 12), (8, 12, 20, 24), (20, 24, 8, 12), (20, 24, 20, 24)]  # within the 5 px reach
+    contents = [torch.rand(2, 3, 4, 4, generator=g) for _ in blocks]
+    with torch.inference_mode():
+        apart = ev.roi_outputs_many(blocks, contents, slack=0.15, call=0.0)
+        assert ev.last_groups == 4
+        joined = ev.roi_outputs_many(blocks, contents, slack=0.15, call=1e9)
+        assert ev.last_groups == 1
+    for a, b in zip(apart, joined):
+        assert float((a - b).abs().max()) <= 1e-5
+
+
 def test_schedule_shrinks_with_distance_and_is_empty_beyond_the_radius():
     model = _init(DnCNN(features=4, depth=4), 0)
     plan, _ = build_plan(model)

@@ -106,6 +106,31 @@ def test_a_region_runs_one_intervention_at_a_time_where_vmap_cannot_batch(monkey
     _local_matches_forward(model, x, (28, 36, 28, 36), [(0, 4, 0, 4), (12, 16, 12, 16)], plan)
 
 
+def test_a_region_runs_a_large_group_in_chunks_that_equal_the_forward(monkeypatch):
+    """A region's activations per image are its whole maps: a group of many interventions runs through it in
+    chunks (here of one image's input each), with the same outputs as the forward."""
+    model = _window_sr()
+    x = _image(32)[None]
+    plan, _ = le.build_plan(model, x)
+    monkeypatch.setattr(le.region, "REGION_CHUNK_ELEMENTS", 12 * 32 * 32)
+    calls = []
+    vmap = torch.func.vmap
+
+    def counted(fn):
+        batched = vmap(fn)
+
+        def run(*xs):
+            calls.append(xs[0].shape[0])
+            return batched(*xs)
+
+        return run
+
+    monkeypatch.setattr(torch.func, "vmap", counted)
+    blocks = [(0, 4, 0, 4), (12, 16, 12, 16), (28, 32, 28, 32)]
+    _local_matches_forward(model, x, (28, 36, 28, 36), blocks, plan)
+    assert calls and set(calls) == {1}  # chunks of one image: 12 channels x 32 x 32 input elements each
+
+
 class _NonLocal(nn.Module):
     """Attention across every pixel of the image (a non-local block): global."""
 

@@ -121,6 +121,8 @@ class Engine:
         self.oom_backoffs = 0
         #: the local-evaluation plans of the model (see :func:`.local.local_plan`), by input shape
         self.plans: dict[Any, tuple[Any, str]] = {}
+        #: their evaluators by (plan, frame, ROI): see :func:`.local.frame_evaluator` (the plan is kept with its own)
+        self.evaluators: dict[Any, tuple[Any, Any]] = {}
         self.progress = progress
         #: frames over the same input window whose ROIs read the same forwards (see :meth:`run_frames`)
         self.shared_frames: list[Frame] = []

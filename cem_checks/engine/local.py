@@ -40,13 +40,9 @@ class LocalDraws:
     @property
     def ev(self):
         if self._ev is None:
-            from ..local_eval import FrameEvaluator
-
-            S, f = self.eng.roi.size, self.frame
-            ry, rx = f.sl[2].start, f.sl[3].start
             with torch.inference_mode():
-                self._ev = FrameEvaluator(self.plan, f.x.to(self.eng.runner.dtype), (ry, ry + S, rx, rx + S))
-            self.base_psnr = f.psnr(self._ev.roi_base)
+                self._ev = frame_evaluator(self.eng, self.plan, self.frame)
+            self.base_psnr = self.frame.psnr(self._ev.roi_base)
         return self._ev
 
     def roi_outputs(self, blocks: np.ndarray, top: torch.Tensor, left: torch.Tensor,
@@ -103,6 +99,20 @@ class LocalDraws:
         self.info["pixels"] += ev.pixels - px0
         drops = (self.base_psnr - frame.psnr(r)).cpu().numpy()
         return drops, changed.cpu().numpy()
+
+
+def frame_evaluator(eng: Engine, plan, frame: Frame):
+    """The :class:`~cem_checks.local_eval.FrameEvaluator` of ``plan`` on ``frame`` (its baseline activations),
+    built once per job: the traced reach and the frame's locally evaluated draws share it."""
+    S = eng.roi.size
+    ry, rx = frame.sl[2].start, frame.sl[3].start
+    roi = (ry, ry + S, rx, rx + S)
+    key = (id(plan), frame.box, roi)
+    if key not in eng.evaluators:
+        from ..local_eval import FrameEvaluator
+
+        eng.evaluators[key] = (plan, FrameEvaluator(plan, frame.x.to(eng.runner.dtype), roi))
+    return eng.evaluators[key][1]
 
 
 def local_setup(eng: Engine, frame: Frame, blocks: np.ndarray, opts: FastOptions, tol: float):

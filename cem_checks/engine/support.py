@@ -117,13 +117,14 @@ class SupportSearch:
         blocks wholly outside the box are resolved (effect exactly 0), rings beyond the box need no test of their
         own, and the tests run in a verified crop of the blocks inside it."""
         from ..local_eval import traced_reach
-        from .local import local_plan
+        from .local import frame_evaluator, local_plan
 
         eng = self.eng
         sl = eng.full.sl
         roi = (sl[2].start, sl[2].stop, sl[3].start, sl[3].stop)
         box, why, roi_base = traced_reach(eng.runner.model, eng.full.x.to(eng.runner.dtype), roi,
-                                          local_plan(eng, eng.full.x))
+                                          local_plan(eng, eng.full.x),
+                                          make=lambda plan, x, roi: frame_evaluator(eng, plan, eng.full))
         if box is None:
             self.reach_info = f"not traced: {why}"
             return

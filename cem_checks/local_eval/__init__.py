@@ -58,16 +58,16 @@ Modules, one job each: :mod:`.capture` (the ``torch.fx`` trace and the capture a
 :mod:`.rewrite` (channel parts, channel assignment and channels-last regions rewritten to pointwise operations),
 :mod:`.region` and :mod:`.boxes` (regions of tokens and their dependency boxes),
 :mod:`.plan` (:func:`build_plan`, :class:`LocalPlan`: the nodes of the graph, schedules, evaluation on boxes) and
-:mod:`.evaluation` (:class:`FrameEvaluator`, :data:`GROUP_SLACK`, :func:`traced_reach`).
+:mod:`.evaluation` (:class:`FrameEvaluator`, :data:`GROUP_COST`, :func:`traced_reach`).
 """
 
 from .capture import GlobalOp, Refused, capture, trace
-from .evaluation import GROUP_SLACK, GROUP_SLACK_ACCELERATOR, FrameEvaluator, traced_reach
+from .evaluation import GROUP_COST, GROUP_COST_ACCELERATOR, FrameEvaluator, traced_reach
 from .geometry import EMPTY, Box, Gather, Geometry, Pointwise, Range, Resample, Shuffle, Transposed, Window
 from .plan import MAX_BASELINE_BYTES, LocalPlan, build_plan
 
 __all__ = [
-    "EMPTY", "GROUP_SLACK", "GROUP_SLACK_ACCELERATOR", "MAX_BASELINE_BYTES", "Box", "FrameEvaluator", "Gather",
+    "EMPTY", "GROUP_COST", "GROUP_COST_ACCELERATOR", "MAX_BASELINE_BYTES", "Box", "FrameEvaluator", "Gather",
     "Geometry", "GlobalOp", "LocalPlan", "Pointwise", "Range", "Refused", "Resample", "Shuffle", "Transposed", "Window",
     "build_plan", "capture", "trace", "traced_reach",
 ]

@@ -1,5 +1,5 @@
 """Evaluating a plan on the windows of one frame: :class:`FrameEvaluator` (the baseline of a frame, the schedules
-of its blocks, interventions evaluated together in groups, :data:`GROUP_SLACK`) and :func:`traced_reach` (the input
+of its blocks, interventions evaluated together in groups, :data:`GROUP_COST`) and :func:`traced_reach` (the input
 box the ROI output can depend on, from the traced graph).
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ class FrameEvaluator:
             if op.kind == "op":
                 op.geo.bind([self.hws[i] for i in op.inputs], lambda node: base[index[node]])
         self.roi_base = self.base[-1][:, :, roi[0]: roi[1], roi[2]: roi[3]]
+        self.costs = plan.unit_costs(self.base)
         self._schedules: dict[Box, tuple[list[Box], float]] = {}
         self.draws = 0
         self.pixels = 0
@@ -58,25 +60,35 @@ class FrameEvaluator:
         """(n, C, rh, rw) ROI outputs of the inputs equal to the baseline except ``content`` on ``block``."""
         return self.roi_outputs_many([block], [content])[0]
 
-    def roi_outputs_many(self, blocks: list[Box], contents: list[torch.Tensor],
-                         slack: float | None = None) -> list[torch.Tensor]:
+    def work(self, comp: list[Box]) -> float:
+        """The multiply-adds of one image computed on the boxes ``comp`` (see :meth:`LocalPlan.unit_costs`). A
+        region of tokens, which computes its whole output, counts its box: its cost per image grows with the
+        number of images stacked, so blocks far apart are not stacked for it."""
+        return float(sum(c * _area(b) for c, b in zip(self.costs, comp) if c))
+
+    def roi_outputs_many(self, blocks: list[Box], contents: list[torch.Tensor], slack: float | None = None,
+                         call: float | None = None) -> list[torch.Tensor]:
         """:meth:`roi_outputs` of several blocks (all of one size), in groups that run together: a group computes
-        every node on the union of its blocks' boxes, once for all its interventions stacked. Blocks join a group
-        while the union costs at most ``slack`` more than their own boxes (default :data:`GROUP_SLACK` for the
-        input's device: neighbouring blocks, and blocks near the ROI, whose boxes are its whole neighbourhood)."""
-        if slack is None:
-            slack = GROUP_SLACK.get(self.base[0].device.type, GROUP_SLACK_ACCELERATOR)
+        every node on the union of its blocks' boxes, once for all its interventions stacked. A block joins a
+        group while the union's work (multiply-adds, :meth:`work`) stays within ``slack`` more than the group's
+        and the block's own work plus the ``call`` multiply-adds per operation that one call fewer saves
+        (defaults: :data:`GROUP_COST` for the input's device). Neighbouring blocks, and blocks near the ROI
+        (whose boxes are its whole neighbourhood), join; far apart blocks of a large model do not."""
+        dslack, dcall = GROUP_COST.get(self.base[0].device.type, GROUP_COST_ACCELERATOR)
+        slack = dslack if slack is None else slack
+        call = dcall if call is None else call
         order = sorted(range(len(blocks)), key=lambda g: (blocks[g][0], blocks[g][2]))
         groups: list[list[int]] = []
         union: list[Box] = []
         own = 0.0
         for g in order:
             comp, _ = self.schedule(blocks[g])
-            work = float(sum(_area(c) for c in comp)) * contents[g].shape[0]
+            work = self.work(comp) * contents[g].shape[0]
             if groups:
                 merged = [_union(a, c) for a, c in zip(union, comp)]
                 n = sum(contents[m].shape[0] for m in groups[-1]) + contents[g].shape[0]
-                if float(sum(_area(c) for c in merged)) * n <= (1.0 + slack) * (own + work):
+                saved = call * sum(1 for c in comp if not _empty(c))
+                if self.work(merged) * n <= (1.0 + slack) * (own + work) + saved:
                     groups[-1].append(g)
                     union, own = merged, own + work
                     continue
@@ -131,20 +143,23 @@ class FrameEvaluator:
         return win[..., b: b + U[1] - U[0], b: b + U[3] - U[2]]
 
 
-#: How much more work (pixels computed, summed over the nodes) a group of blocks evaluated together may do than its
-#: blocks alone, the price of running every operation once for the whole group: on the CPU the work itself
-#: dominates, on a GPU the number of kernel launches.
-GROUP_SLACK = {"cpu": 0.15}
-GROUP_SLACK_ACCELERATOR = 1.0
+#: How much more work a group of blocks evaluated together may do than its blocks alone: ``(slack, call)``, a
+#: share of the blocks' own work and the multiply-adds that each operation's call costs beyond its arithmetic
+#: (the boxes assembled, the call itself), which one call fewer saves. On the CPU the work itself dominates, on
+#: a GPU the number of kernel launches.
+GROUP_COST = {"cpu": (0.15, 2e6)}
+GROUP_COST_ACCELERATOR = (1.0, 0.0)
 
 
-def traced_reach(model: Any, x: torch.Tensor, roi: Box,
-                  built: tuple[LocalPlan | None, str] | None = None) -> tuple[Box | None, str, torch.Tensor | None]:
+def traced_reach(model: Any, x: torch.Tensor, roi: Box, built: tuple[LocalPlan | None, str] | None = None,
+                  make: Callable[[LocalPlan, torch.Tensor, Box], FrameEvaluator] | None = None,
+                  ) -> tuple[Box | None, str, torch.Tensor | None]:
     """The box of the input ``x`` (1, C, h, w) that the ROI output (box ``roi`` of the output) can depend on at
     all, from the traced graph: every input pixel outside it lies beyond the reach of every path of the graph to
     the ROI. Returns ``(box, "ok", roi_base)`` with the traced graph's own baseline ROI output (to compare with the
     model's: a trace may miss what the model runs), or ``(None, reason, None)`` when the model is refused.
-    ``built``: the ``(plan, reason)`` of :func:`build_plan` for ``model`` and ``x``, when the caller has it."""
+    ``built``: the ``(plan, reason)`` of :func:`build_plan` for ``model`` and ``x``, when the caller has it;
+    ``make``: what builds the :class:`FrameEvaluator` (e.g. one that keeps it for the frame's later draws)."""
     from ..engine.runner import is_oom
 
     plan, why = build_plan(model, x) if built is None else built
@@ -152,7 +167,7 @@ def traced_reach(model: Any, x: torch.Tensor, roi: Box,
         return None, why, None
     try:
         with torch.inference_mode():
-            ev = FrameEvaluator(plan, x, roi)
+            ev = (make or FrameEvaluator)(plan, x, roi)
             return ev.reach(), "ok", ev.roi_base
     except Exception as exc:  # noqa: BLE001 - a graph the plan cannot evaluate: not traced
         if is_oom(exc):

@@ -143,6 +143,33 @@ class LocalPlan:
         ops = [k for k, op in enumerate(self.ops) if op.kind == "op" and (op.conv_like or not self.n_conv)]
         return float(sum(self._computed(k, comp[k]) for k in ops)) / max(1, len(ops))
 
+    def unit_costs(self, base: list[Any]) -> list[float]:
+        """Each node's cost per output pixel and image, in multiply-adds, from the baseline values ``base``: a
+        convolution-like operation's weight (its size is the multiply-adds of one output pixel), a region of
+        tokens the size of its parameters (each token passes through its linear layers), any other operation the
+        channels it writes per pixel; 0 for the input, constants and the output."""
+        costs: list[float] = []
+        for k, op in enumerate(self.ops):
+            v = base[k]
+            if op.kind != "op" or not isinstance(v, torch.Tensor) or v.ndim < 2:
+                costs.append(0.0)
+                continue
+            per_pixel = v.numel() / max(1, v.shape[-2] * v.shape[-1])
+            weight = None
+            region = getattr(op.geo, "region", None)
+            if region is not None:
+                held = sum(t.numel() for t in region.gm.parameters()) + sum(t.numel() for t in region.gm.buffers())
+                costs.append(max(per_pixel, float(held)))
+                continue
+            if op.conv_like:
+                n = op.node
+                if n.op == "call_module":
+                    weight = getattr(self.gm.get_submodule(n.target), "weight", None)
+                elif len(n.args) > 1 and isinstance(n.args[1], torch.fx.Node) and n.args[1] in self.index:
+                    weight = base[self.index[n.args[1]]]
+            costs.append(float(weight.numel()) if isinstance(weight, torch.Tensor) else per_pixel)
+        return costs
+
     def _computed(self, k: int, box: Box) -> int:
         """The output pixels node ``k`` computes for its box: a region of tokens computes its whole output."""
         if _empty(box) or not getattr(self.ops[k].geo, "whole", False):

@@ -130,14 +130,24 @@ class RegionGeometry(_Bound):
         images = [ins[self.pos[a]].clone() for a in self.n.args[: self.region.n_images]]
         consts = [self.resolve(a) if isinstance(a, torch.fx.Node) else a for a in self.n.args[self.region.n_images:]]
         gm, y = self.region.gm, None
+        n = images[0].shape[0]
         if self.region.batched:
+            # in chunks: a region's activations per image are its whole maps, and a large stack of them runs slower
+            # per image than several small ones
+            step = max(1, REGION_CHUNK_ELEMENTS // max(1, sum(x[:1].numel() for x in images)))
             try:
-                y = torch.func.vmap(lambda *xs: gm(*xs, *consts))(*[x.unsqueeze(1) for x in images]).squeeze(1)
+                batched = torch.func.vmap(lambda *xs: gm(*xs, *consts))
+                y = torch.cat([batched(*[x[i: i + step].unsqueeze(1) for x in images]).squeeze(1)
+                               for i in range(0, n, step)])
             except Exception as exc:  # noqa: BLE001 - an operation vmap does not batch: one at a time from now on
                 self.region.batched = is_oom(exc)
         if y is None:
-            y = torch.cat([gm(*[x[i: i + 1] for x in images], *consts) for i in range(images[0].shape[0])])
+            y = torch.cat([gm(*[x[i: i + 1] for x in images], *consts) for i in range(n)])
         return y[..., out[0]: out[1], out[2]: out[3]]
+
+
+#: How many input elements (summed over a region's input images) one batched call of a region takes at most.
+REGION_CHUNK_ELEMENTS = 1 << 20
 
 
 def wrap_regions(gm) -> list[Region]:
