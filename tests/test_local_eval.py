@@ -188,6 +188,28 @@ def test_group_costs_count_multiply_adds_and_the_calls_saved():
         assert float((a - b).abs().max()) <= 1e-5
 
 
+def test_a_group_evaluates_the_unchanged_input_once_with_the_same_arithmetic():
+    """Each group of blocks evaluated together also evaluates the unchanged input once: a draw that writes a
+    block's own pixels back gives that output bit for bit (so it never counts as a change), one that writes other
+    content within the reach does not."""
+    model = _init(DnCNN(features=4, depth=5), 3)
+    plan, _ = build_plan(model)
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(1, 3, H, W, generator=g)
+    ev = FrameEvaluator(plan, x, ROIS["centre"])
+    blocks = [(8, 12, 8, 12), (8, 12, 12, 16), (20, 24, 20, 24)]
+    contents = [torch.cat([x[..., b0:b1, c0:c1], torch.rand(1, 3, 4, 4, generator=g)]) for b0, b1, c0, c1 in blocks]
+    with torch.inference_mode():
+        outs, bases = ev.roi_outputs_and_bases(blocks, contents, slack=1.0, call=0.0)
+        groups = ev.last_groups
+        draws = ev.draws
+    assert groups < len(blocks) and draws == 2 * len(blocks)  # the unchanged inputs are not counted as draws
+    assert len({b.data_ptr() for b in bases}) == groups  # one unchanged input per group, shared by its blocks
+    for out, base in zip(outs, bases):
+        assert torch.equal(out[:1], base)
+        assert not torch.equal(out[1:], base)
+
+
 def test_schedule_shrinks_with_distance_and_is_empty_beyond_the_radius():
     model = _init(DnCNN(features=4, depth=4), 0)
     plan, _ = build_plan(model)

@@ -2,9 +2,9 @@
 computed only where the intervention can change it and the ROI output needs it), after a check against the
 model's forward on real interventions; the verdict is cached per frame and block set.
 
-Support stays exact. Every pass of local evaluation also evaluates each of its blocks with the block's original
-content, in the same stacked batch: the same arithmetic. A draw whose ROI output differs from that bit for bit
-changed it (an intervention whose change dies out, outside the block's reach or under a ReLU, leaves the
+Support stays exact. Every group of blocks that local evaluation runs together also evaluates the unchanged input,
+in the same stacked batch and on the same boxes: the same arithmetic. A draw whose ROI output differs from that bit
+for bit changed it (an intervention whose change dies out, outside the block's reach or under a ReLU, leaves the
 downstream values identical, so it cannot differ). A block with such a draw, or with a drop of at least
 ``tol_db`` > 0, is in the support; every other candidate block gets its coarse draws again through the normal
 forward, compared bit for bit with the baseline (:mod:`.fast`).
@@ -49,7 +49,7 @@ class LocalDraws:
                     content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ROI outputs of single-block interventions (pairs: block, top/left input px, content), the blocks evaluated
         together in groups (:meth:`FrameEvaluator.roi_outputs_many`), and whether each changed the ROI output: it
-        differs bit for bit from its block evaluated with the original content in the same pass."""
+        differs bit for bit from the unchanged input evaluated in the same pass (its group's)."""
         f, runner, b, ev = self.frame, self.eng.runner, self.eng.b, self.ev
         t0 = time.perf_counter()
         uniq, first, inverse = np.unique(blocks, return_index=True, return_inverse=True)
@@ -58,16 +58,15 @@ class LocalDraws:
             sel = torch.as_tensor(np.flatnonzero(inverse == u), device=content.device)
             y, x = int(top[i0]) - f.y0, int(left[i0]) - f.x0
             boxes.append((y, y + b, x, x + b))
-            original = f.x[:, :, y: y + b, x: x + b].to(content.dtype)
-            parts.append(torch.cat([content[sel], original]))
+            parts.append(content[sel])
             sels.append(sel)
         with torch.inference_mode():
-            outs = ev.roi_outputs_many(boxes, parts)
+            outs, bases = ev.roi_outputs_and_bases(boxes, parts)
         out = outs[0].new_empty((len(blocks),) + tuple(outs[0].shape[1:]))
         changed = torch.zeros(len(blocks), dtype=torch.bool, device=out.device)
-        for sel, r in zip(sels, outs):
-            out[sel] = r[:-1]
-            changed[sel] = (r[:-1] != r[-1:]).flatten(1).any(1)
+        for sel, r, r0 in zip(sels, outs, bases):
+            out[sel] = r
+            changed[sel] = (r != r0).flatten(1).any(1)
         runner.calls += ev.last_groups
         if self.eng.device.type == "cuda":
             torch.cuda.synchronize(self.eng.device)

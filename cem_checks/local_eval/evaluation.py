@@ -68,12 +68,22 @@ class FrameEvaluator:
 
     def roi_outputs_many(self, blocks: list[Box], contents: list[torch.Tensor], slack: float | None = None,
                          call: float | None = None) -> list[torch.Tensor]:
+        """See :meth:`roi_outputs_and_bases`; the ROI outputs only."""
+        return self.roi_outputs_and_bases(blocks, contents, slack, call, bases=False)[0]
+
+    def roi_outputs_and_bases(self, blocks: list[Box], contents: list[torch.Tensor], slack: float | None = None,
+                              call: float | None = None, bases: bool = True,
+                              ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """:meth:`roi_outputs` of several blocks (all of one size), in groups that run together: a group computes
         every node on the union of its blocks' boxes, once for all its interventions stacked. A block joins a
         group while the union's work (multiply-adds, :meth:`work`) stays within ``slack`` more than the group's
         and the block's own work plus the ``call`` multiply-adds per operation that one call fewer saves
         (defaults: :data:`GROUP_COST` for the input's device). Neighbouring blocks, and blocks near the ROI
-        (whose boxes are its whole neighbourhood), join; far apart blocks of a large model do not."""
+        (whose boxes are its whole neighbourhood), join; far apart blocks of a large model do not.
+
+        With ``bases``, each group also evaluates the unchanged input in the same pass (one image more, the same
+        boxes and arithmetic as its interventions): the second list holds, per block, its group's ROI output of
+        it (1, C, rh, rw); an intervention that differs from it bit for bit changed the ROI output."""
         dslack, dcall = GROUP_COST.get(self.base[0].device.type, GROUP_COST_ACCELERATOR)
         slack = dslack if slack is None else slack
         call = dcall if call is None else call
@@ -96,13 +106,18 @@ class FrameEvaluator:
             union, own = list(comp), work
         self.last_groups = len(groups)
         out: list[torch.Tensor | None] = [None] * len(blocks)
+        base_out: list[torch.Tensor | None] = [None] * len(blocks)
         dtype = self.base[0].dtype
         for members in groups:
             comp = [EMPTY] * len(self.plan.ops)
             for g in members:
                 comp = [_union(a, c) for a, c in zip(comp, self.schedule(blocks[g])[0])]
-            x0 = self._inputs(comp[0], [blocks[g] for g in members], [contents[g].to(dtype) for g in members])
-            y = self.plan.evaluate(self.base, self.hws, comp, x0)
+            boxes, parts = [blocks[g] for g in members], [contents[g].to(dtype) for g in members]
+            if bases:  # the unchanged input: the baseline's own pixels written at a member's block
+                b0, b1, c0, c1 = boxes[0]
+                boxes.append(boxes[0])
+                parts.append(self.base[0][..., b0: b1, c0: c1])
+            y = self.plan.evaluate(self.base, self.hws, comp, self._inputs(comp[0], boxes, parts))
             px = self.plan.conv_pixels(comp)
             start = 0
             for g in members:
@@ -111,7 +126,11 @@ class FrameEvaluator:
                 start += n
                 self.draws += n
                 self.pixels += round(n * px)
-        return out
+            if bases:
+                for g in members:
+                    base_out[g] = y[start: start + 1]
+                self.pixels += round(px)
+        return out, base_out
 
     def _inputs(self, U: Box, blocks: list[Box], contents: list[torch.Tensor]) -> torch.Tensor:
         """The input on box ``U`` of every intervention (stacked in the order of ``blocks``): the baseline there,
