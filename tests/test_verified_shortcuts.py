@@ -177,7 +177,21 @@ class WritesAttributes(nn.Module):
         return y
 
 
-@pytest.mark.parametrize("model_fn", [WritesAttributes, _forward_hook, InplaceView])
+class RebindsData(nn.Module):
+    """As re-parameterised convolutions (SPAN's) write it: forward rebinds a parameter's ``.data`` to a tensor it
+    computes, which moves no version counter; here one that drifts with every call (the output does not read it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = ConvStack((1, 1))
+        self.gain = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        self.gain.data = self.gain.data * 1.001
+        return self.body(x) + 0.0 * self.gain.view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("model_fn", [WritesAttributes, _forward_hook, InplaceView, RebindsData])
 def test_the_engine_never_changes_the_model(model_fn, natural64, tmp_path):
     model = model_fn().eval()
     probe = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))

@@ -10,7 +10,9 @@ for local evaluation. Real models write attributes in ``forward`` (``self.mean =
   dict, set or list value) hold what they held;
 - every parameter, buffer and tensor attribute holds its values bit for bit: a tensor modified in place (its
   version counter moved) gets its values back from a copy taken on entry (on the CPU: the model's own device
-  memory is not doubled), on its own device and dtype.
+  memory is not doubled), on its own device and dtype; one whose ``.data`` was rebound (re-parameterised
+  convolutions write ``self.eval_conv.weight.data = ...`` in ``forward``, which moves no version counter) gets
+  its own storage back.
 
 The modules are those of an ``nn.Module``, or those a plain callable reaches: a bound method's object,
 ``functools.partial`` arguments, closure cells, the module-level names its code reads, and the attributes of a
@@ -115,15 +117,15 @@ class _Snapshot:
         self.modules = modules
         self.dicts: list[dict[str, Any]] = []
         self.containers: list[dict[str, Any]] = []
-        self.tensors: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.tensors: dict[int, tuple[torch.Tensor, int | None, torch.Tensor, torch.Tensor]] = {}
         for m in modules:
             d = dict(m.__dict__)
             self.dicts.append(d)
             self.containers.append({k: c for k, v in d.items() if (c := _copy_container(v)) is not None})
             for t in self._tensors_of(d):
                 if id(t) not in self.tensors and not t.is_meta:
-                    with torch.no_grad():
-                        self.tensors[id(t)] = (t, _version(t), t.detach().to("cpu", copy=True))
+                    with torch.no_grad():  # the values, and the storage itself (an alias: no copy)
+                        self.tensors[id(t)] = (t, _version(t), t.detach().to("cpu", copy=True), t.detach())
 
     @staticmethod
     def _tensors_of(d: dict[str, Any]) -> Iterator[torch.Tensor]:
@@ -152,10 +154,25 @@ class _Snapshot:
                     else:
                         v.extend(saved)
         with torch.no_grad():
-            for t, version, values in self.tensors.values():
+            for t, version, values, own in self.tensors.values():
+                if _rebound(t, own):
+                    t.data = own
+                    if not torch.equal(own.cpu(), values):
+                        own.copy_(values.to(own.device))
+                    continue
                 now = _version(t)
                 if now != version or (now is None and not torch.equal(t.detach().cpu(), values)):
                     t.copy_(values.to(t.device))
+
+
+def _rebound(t: torch.Tensor, own: torch.Tensor) -> bool:
+    """Whether ``t.data`` no longer is the storage ``own`` aliased on entry."""
+    if (t.shape, t.dtype, t.device, t.layout) != (own.shape, own.dtype, own.device, own.layout):
+        return True
+    try:
+        return t.data_ptr() != own.data_ptr() or t.stride() != own.stride()
+    except (RuntimeError, NotImplementedError):  # no strided storage (sparse layouts): the values decide
+        return False
 
 
 _MISSING = object()
