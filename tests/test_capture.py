@@ -249,6 +249,23 @@ def test_a_job_captures_its_model_once_per_input_shape(monkeypatch, natural32):
     assert shapes == [(1, 3, 64, 64)]
 
 
+def test_the_baseline_computed_when_reading_a_model_serves_its_first_evaluator_on_that_input():
+    model = KairFFDNet().eval()
+    x, other = _image(32)[None], _image(33)[None, :, :32, :32]
+    plan, why = le.build_plan(model, x)
+    assert why == "ok" and plan.shape == (1, 3, 32, 32) and plan.built is not None
+    kept = plan.built[1]
+    with torch.inference_mode():
+        ev = le.FrameEvaluator(plan, x, (8, 16, 8, 16))
+        assert plan.built is None and ev.base is kept  # handed over once
+        assert torch.equal(ev.roi_base, model(x)[..., 8:16, 8:16])
+    plan, _ = le.build_plan(model, x)
+    kept = plan.built[1]
+    with torch.inference_mode():
+        ev = le.FrameEvaluator(plan, other, (8, 16, 8, 16))  # another input: its own baseline
+        assert ev.base is not kept and torch.equal(ev.roi_base, model(other)[..., 8:16, 8:16])
+
+
 def test_the_traced_reach_and_the_draws_share_one_frame_evaluator(monkeypatch, natural32):
     """Where the draws run in the full input, the baseline activations the traced reach computed serve them too."""
     from test_fast_mode import NeedsMultipleOf32

@@ -29,10 +29,11 @@ class FrameEvaluator:
         # the geometries learn this frame's sizes and constants: a copy of the plan's, so frames do not share them
         if plan.shape is not None and tuple(x.shape) != plan.shape:
             raise Refused(f"the plan was captured for inputs of shape {plan.shape}, not {tuple(x.shape)}")
+        built = plan.take_baseline(x)  # the values computed when the plan was read at this input, if it was
         plan = LocalPlan(plan.gm, [dataclasses.replace(op, geo=copy.copy(op.geo)) for op in plan.ops], plan.shape)
         self.plan = plan
         self.roi = roi
-        self.base = plan.baseline(x)
+        self.base = built if built is not None else plan.baseline(x)
         self.hws = [tuple(v.shape[-2:]) if isinstance(v, torch.Tensor) and v.ndim >= 2 else (1, 1) for v in self.base]
         index, base = plan.index, self.base
         for op in plan.ops:

@@ -47,6 +47,19 @@ class LocalPlan:
         self.n_conv = sum(op.conv_like for op in ops)
         #: some operation computes its whole output whatever box is asked for (a region of tokens)
         self.has_whole = any(getattr(op.geo, "whole", False) for op in ops)
+        #: ``(x, values)``: the baseline that reading the graph at its shape computed, kept for the first
+        #: :class:`~.evaluation.FrameEvaluator` on that very input (see :meth:`take_baseline`)
+        self.built: tuple[torch.Tensor, list[Any]] | None = None
+
+    def take_baseline(self, x: torch.Tensor) -> list[Any] | None:
+        """The baseline values computed when the plan was built, if that was on ``x`` (bit for bit, the same
+        dtype and device); handed over once, then dropped."""
+        built, self.built = self.built, None
+        if built is None:
+            return None
+        bx, vals = built
+        same = bx.shape == x.shape and bx.dtype == x.dtype and bx.device == x.device and torch.equal(bx, x)
+        return vals if same else None
 
     # --------------------------------------------------------------------------- baseline activations
     def baseline(self, x: torch.Tensor) -> list[Any]:
@@ -304,6 +317,7 @@ def _at_shape(gm, x: torch.Tensor, output: bool = True) -> tuple[LocalPlan, torc
         vals = plan.baseline(x)
     if regions:
         _analyse(plan, vals)
+    plan.built = (x.detach().clone(), vals)
     return plan, vals[-1]
 
 
