@@ -393,3 +393,32 @@ def test_an_attribute_rebound_in_forward_is_read_as_the_model_holds_it():
     assert why == "ok" and box == (3, 9, 3, 9)
     _local_matches_forward(model, x, (4, 8, 4, 8), [(0, 4, 0, 4), (4, 8, 8, 12)], plan)
     assert isinstance(model.mean, torch.Tensor) and "mean" in dict(model.named_buffers())
+
+
+class _DilatedHoles(nn.Module):
+    """Shape code around a 3x3 convolution of dilation 8: a 4 px ROI reads three 4 px bands per axis, so 16 of the
+    25 blocks within its 8 px radius cannot change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=8, dilation=8)
+        _init(self, 7)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        y = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
+        return (x + 0.5 * self.conv(y)[..., :h, :w]).clamp(0, 1)
+
+
+def test_where_draws_run_locally_in_the_full_input_the_kd_split_follows_them(natural32):
+    """With local evaluation in the full input the k-d split waits for the coarse draws and tests only the blocks
+    that no draw changed: here the 16 holes of a dilated convolution's reach, ruled out together, so no block needs
+    a normal-forward confirmation; the support equals the paper's."""
+    kw = dict(task="dn25", roi=(12, 12, 4), block_size=4, coarse=2, fine=4, progress=False, device="cpu", seed=0)
+    fast = cc.compute_cem(_DilatedHoles().eval(), natural32, **kw)
+    paper = cc.compute_cem(_DilatedHoles().eval(), natural32, mode="paper", **kw)
+    f = fast.meta["fast"]
+    assert f["local_eval"]["used"] is True and f["crop"] is None and f["support_radius_px"] == 8
+    assert f["ruled_out_by_kd"] == 16 and f["support_confirmed"] == 0 and f["candidates"] == 9
+    assert fast.support.sum() == 9 and np.array_equal(fast.support, paper.support)
+

@@ -4,7 +4,8 @@ of stages, each of which can be switched off through :class:`~cem_checks.engine.
 1. *Support* (:mod:`.support`): the ring binary search and a k-d split rule out every block that cannot change
    the ROI output (effect exactly 0, no per-block pass). The k-d stage may spend ``group_budget`` of the coarse
    budget (at least its first split, three tests) plus the coarse draws it has already saved, so it goes on
-   where the support is sparse and stops early where it is dense.
+   where the support is sparse and stops early where it is dense. Where the draws are evaluated locally in the
+   full input, the k-d split runs after the coarse draws instead, on the blocks that no draw changed.
 2. *Crop* (:mod:`.crop`): the model runs on the bounding box of the remaining blocks, once verified.
 3. *Coarse*: ``coarse`` draws per remaining block (the paper's flagging rule: some draw moved the ROI PSNR by
    >= ``tol_db``), with common random numbers;
@@ -12,8 +13,8 @@ of stages, each of which can be switched off through :class:`~cem_checks.engine.
    interval is decided.
 
 The coarse and fine draws are evaluated locally (:mod:`.local`) when the model's traced graph allows it and a
-check on real interventions agrees with the normal forward; ``support`` stays exact through a normal-forward
-confirmation of the blocks whose local draws did not clearly change the ROI output.
+check on real interventions agrees with the normal forward; ``support`` stays exact through group tests and a
+normal-forward confirmation of the blocks whose local draws did not change the ROI output.
 """
 
 from __future__ import annotations
@@ -31,19 +32,28 @@ from .sequential import sequential_sampling
 from .support import SupportSearch
 
 
-def support_candidates(eng: Engine, search: SupportSearch | None, coarse: int, opts: FastOptions) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stage 1: the blocks not ruled out (bool, n_blocks) and a summary of the group tests."""
+def support_candidates(eng: Engine, search: SupportSearch | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stage 1's radius: the blocks within the support radius and the traced reach (bool, n_blocks), and a summary
+    of the group tests; the k-d split is :func:`fast_prepare`'s (or :func:`fast_finish`'s)."""
     nb = eng.grid.n_blocks
     if search is None:
         return np.ones(nb, dtype=bool), {}
     eng.progress.stage("support")
     radius = search.radius()
     candidates = (search.dist <= radius) & search.reach  # outside the traced reach: no path to the ROI
-    budget = max(opts.group_budget * coarse * int(candidates.sum()), 3 * opts.group_draws)  # >= the first split
-    ruled_out, kd = search.refine(radius, budget=budget, reward=coarse)
-    candidates &= ~ruled_out
-    return candidates, {"support_radius_px": radius, "group_tests": search.ring_tests + kd["tests"],
-                        "ruled_out_by_kd": kd["ruled_out"]}
+    return candidates, {"support_radius_px": radius, "group_tests": search.ring_tests, "ruled_out_by_kd": 0}
+
+
+def _kd_budget(coarse: int, n_candidates: int, opts: FastOptions) -> float:
+    """The draws the k-d split may spend: ``group_budget`` of the coarse draws, at least its first split."""
+    return max(opts.group_budget * coarse * n_candidates, 3 * opts.group_draws)
+
+
+def _full_frame_local(eng: Engine, opts: FastOptions) -> bool:
+    """Whether the draws run in the full input, evaluated locally there (see :func:`crop_frame`)."""
+    plan = eng.plans.get(tuple(eng.full.x.shape), (None, ""))[0]
+    return bool(opts.local_eval and plan is not None and plan.shape is not None and not plan.has_whole
+                and eng.runner.precision == "fp32")
 
 
 def crop_frame(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tuple[Frame, dict[str, Any]]:
@@ -52,9 +62,7 @@ def crop_frame(eng: Engine, candidates: np.ndarray, opts: FastOptions) -> tuple[
     evaluation computes only what the ROI needs there, and a crop would capture the model again at its shape. Not
     so where the plan has a region of tokens, which runs on its whole input: a crop makes that smaller."""
     if opts.crop and not candidates.all():
-        plan = eng.plans.get(tuple(eng.full.x.shape), (None, ""))[0]
-        if opts.local_eval and plan is not None and plan.shape is not None and not plan.has_whole and \
-                eng.runner.precision == "fp32":
+        if _full_frame_local(eng, opts):
             return eng.full, {"crop": None, "crop_check": "not needed: local evaluation in the full input, "
                                                           "captured for the traced reach"}
         return verified_crop(eng, candidates, opts)
@@ -65,8 +73,11 @@ class FastState:
     """Fast mode's state between its stages: the candidates, the frame the draws run in, local evaluation and the
     meta summary (see :func:`fast_prepare`)."""
 
-    def __init__(self, eng: Engine, candidates: np.ndarray, frame: Frame, local: Any, info: dict[str, Any]):
+    def __init__(self, eng: Engine, candidates: np.ndarray, frame: Frame, local: Any, info: dict[str, Any],
+                 search: SupportSearch | None = None):
         self.eng, self.candidates, self.frame, self.local, self.info = eng, candidates, frame, local, info
+        #: the support search whose k-d split waits for the coarse draws (see :func:`fast_prepare`), or None
+        self.search = search
 
     @property
     def cand(self) -> np.ndarray:
@@ -80,8 +91,25 @@ class FastState:
 
 
 def fast_prepare(eng: Engine, search: SupportSearch | None, coarse: int, tol: float, opts: FastOptions) -> FastState:
-    """Stages 1 and 2 and the local-evaluation check."""
-    candidates, info = support_candidates(eng, search, coarse, opts)
+    """Stages 1 and 2 and the local-evaluation check.
+
+    Where the draws are evaluated locally in the full input (no crop to choose), the k-d split waits for the
+    coarse draws: a block that some locally evaluated draw changed is in the support already, so the split runs
+    on the others only (:func:`fast_finish`), and not at all where every candidate changed."""
+    candidates, info = support_candidates(eng, search)
+    if search is not None and opts.crop and _full_frame_local(eng, opts):  # the radius search read the model
+        frame, crop_info = crop_frame(eng, candidates, opts)
+        local, linfo = local_setup(eng, frame, np.flatnonzero(candidates), opts, tol)
+        if local is not None:
+            info.update(crop_info)
+            info["local_eval"] = linfo
+            return FastState(eng, candidates, frame, local, info, search=search)
+    if search is not None:
+        ruled_out, kd = search.refine(info["support_radius_px"], budget=_kd_budget(coarse, int(candidates.sum()), opts),
+                                      reward=coarse)
+        candidates &= ~ruled_out
+        info["group_tests"] += kd["tests"]
+        info["ruled_out_by_kd"] = kd["ruled_out"]
     frame, crop_info = crop_frame(eng, candidates, opts)
     info.update(crop_info)
     local, info["local_eval"] = local_setup(eng, frame, np.flatnonzero(candidates), opts, tol)
@@ -122,6 +150,18 @@ def fast_finish(st: FastState, coarse_draws, coarse: int, fine: int, tol: float,
     # Support stays exact: a block that no locally evaluated draw clearly changed (and that is not flagged) gets
     # its coarse draws again through the normal forward, compared bit for bit with the baseline.
     unsure = cand[~support[cand] & ~c_exact.all(1)]
+    if st.search is not None:  # the k-d split, on the blocks no draw changed: each it rules out needs no confirmation
+        budget = _kd_budget(coarse, int(cand.size), opts)
+        ruled, kd = st.search.refine(int(info["support_radius_px"]), budget=budget, reward=coarse, root=unsure)
+        info["group_tests"] += kd["tests"]
+        info["ruled_out_by_kd"] = kd["ruled_out"]
+        if ruled.any():
+            candidates = candidates & ~ruled
+            samples[ruled] = np.nan
+            counts[ruled] = 0
+            flagged[ruled] = False
+            unsure = unsure[~ruled[unsure]]
+            cand = np.flatnonzero(candidates)
     if unsure.size:
         eng.progress.stage("confirm", int(unsure.size) * coarse)
         _, u_changed, _ = eng.single_block_draws(frame, CONFIRM, unsure, coarse, crn=opts.common_random_numbers)

@@ -283,7 +283,7 @@ class SupportSearch:
         return self.groups[tag]
 
     def refine(self, radius: int, budget: float, reward: float = 0.0, singles: bool = False,
-               roi_blocks: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+               roi_blocks: bool = False, root: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """k-d refinement of the blocks within ``radius`` (outside the ROI). Groups are taken breadth-first; each
         test costs ``draws``; testing goes on while the draws spent stay within ``budget`` plus ``reward`` per
         block ruled out so far. Without ``singles`` single blocks are left to the caller (fast mode's coarse
@@ -292,11 +292,14 @@ class SupportSearch:
         that would change anyway; with ``roi_blocks`` the ROI's own blocks are tested alone after the split.
 
         A test asked before (by this job, or cached) is reused, but counts against the budget like a new one, so
-        the outcome does not depend on what ran before. Returns the blocks this refinement ruled out (bool,
+        the outcome does not depend on what ran before. ``root``: the blocks to refine instead (e.g. those that no
+        locally evaluated draw changed), tested whole first. Returns the blocks this refinement ruled out (bool,
         n_blocks) and a summary: tests asked, blocks ruled out."""
-        root = np.flatnonzero((self.dist <= radius) & (self.dist > 0) & self.reach)
+        given = root is not None
+        if not given:
+            root = np.flatnonzero((self.dist <= radius) & (self.dist > 0) & self.reach)
         # With a radius above 0 the root holds the ring just below it, already seen to change: split it untested.
-        if radius > 0 and root.size > 1:
+        if radius > 0 and root.size > 1 and not given:
             a, b = self._halves(root)
             queue = [(a, b), (b, a)]
         else:
