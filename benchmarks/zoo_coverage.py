@@ -16,9 +16,10 @@ Weights: the zoo's seeded initialisation, with parameters left all zero made sma
 - with ``--maps``: a default (fast) map and a paper-mode map of the job, whether their supports are equal, and
   their forward passes and wall times side by side (paper / fast).
 
-Last, a summary line: N built, M local in truth, K of those evaluated locally.
+Last, a summary line: N built, M local in truth, K of those evaluated locally. ``--local-only`` lists only the
+rows local in truth (the README's table; the summary still counts every architecture).
 
-    python benchmarks/zoo_coverage.py [--arch NAME[,NAME]] [--maps] [--markdown]
+    python benchmarks/zoo_coverage.py [--arch NAME[,NAME]] [--maps] [--markdown] [--local-only]
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--arch", help="comma-separated zoo names (default: all)")
     p.add_argument("--maps", action="store_true", help="also compare a fast map with a paper map (slow)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table with the date and versions")
+    p.add_argument("--local-only", action="store_true",
+                   help="list only the architectures local in truth (the README's table); the summary counts all")
     args = p.parse_args(argv)
     why = zoo.unavailable()
     if why is not None:
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         print(f"spandrel zoo coverage, {datetime.date.today().isoformat()}: torch {torch.__version__}, "
               f"spandrel {spandrel.__version__}\n")
-    print(table(rows, columns, args.markdown))
+    shown = [r for r in rows if r.get("local in truth") == "yes"] if args.local_only else rows
+    print(table(shown, columns, args.markdown))
     print(("\n" if args.markdown else "") + summary(rows))
     return rows
 
