@@ -48,7 +48,7 @@ class LocalDraws:
     def roi_outputs(self, blocks: np.ndarray, top: torch.Tensor, left: torch.Tensor,
                     content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ROI outputs of single-block interventions (pairs: block, top/left input px, content), the blocks evaluated
-        together in groups (:meth:`FrameEvaluator.roi_outputs_many`), and whether each changed the ROI output: it
+        together in groups (:meth:`FrameEvaluator.roi_outputs_and_bases`), and whether each changed the ROI output: it
         differs bit for bit from the unchanged input evaluated in the same pass (its group's)."""
         f, runner, b, ev = self.frame, self.eng.runner, self.eng.b, self.ev
         t0 = time.perf_counter()

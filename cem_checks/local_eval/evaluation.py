@@ -44,7 +44,7 @@ class FrameEvaluator:
         self._schedules: dict[Box, tuple[list[Box], float]] = {}
         self.draws = 0
         self.pixels = 0
-        self.last_groups = 0  # groups of blocks evaluated together by the last roi_outputs_many call
+        self.last_groups = 0  # groups of blocks evaluated together by the last call of roi_outputs_and_bases
 
     def schedule(self, block: Box) -> tuple[list[Box], float]:
         if block not in self._schedules:
