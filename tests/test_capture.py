@@ -422,3 +422,24 @@ def test_where_draws_run_locally_in_the_full_input_the_kd_split_follows_them(nat
     assert f["ruled_out_by_kd"] == 16 and f["support_confirmed"] == 0 and f["candidates"] == 9
     assert fast.support.sum() == 9 and np.array_equal(fast.support, paper.support)
 
+
+def test_local_evaluation_in_the_full_input_is_checked_once_even_when_it_fails(monkeypatch, natural32):
+    """The frame of a model read at the full input's shape does not depend on the k-d split: a check that fails
+    there stops the traced reach and is not repeated for the blocks the split leaves."""
+    from cem_checks.engine import local
+
+    calls = []
+
+    def failed(eng, draws, blocks, opts):
+        calls.append(len(blocks))
+        return {"used": False, "check": "failed: forced"}
+
+    monkeypatch.setattr(local, "local_verdict", failed)
+    kw = dict(task="dn25", roi=(12, 12, 4), block_size=4, coarse=2, fine=4, progress=False, device="cpu", seed=0)
+    res = cc.compute_cem(_DilatedHoles().eval(), natural32, **kw)
+    f = res.meta["fast"]
+    assert calls == [25] and f["local_eval"]["used"] is False and f["crop"] is None
+    assert f["reach"].endswith("no longer used: local evaluation's check of the traced graph failed: forced")
+    paper = cc.compute_cem(_DilatedHoles().eval(), natural32, mode="paper", **kw)
+    assert np.array_equal(res.support, paper.support)
+

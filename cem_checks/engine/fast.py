@@ -93,16 +93,17 @@ class FastState:
 def fast_prepare(eng: Engine, search: SupportSearch | None, coarse: int, tol: float, opts: FastOptions) -> FastState:
     """Stages 1 and 2 and the local-evaluation check.
 
-    Where the draws are evaluated locally in the full input (no crop to choose), the k-d split waits for the
-    coarse draws: a block that some locally evaluated draw changed is in the support already, so the split runs
-    on the others only (:func:`fast_finish`), and not at all where every candidate changed."""
+    Where the draws run in the full input whatever the k-d split rules out (local evaluation at the full input's
+    shape), local evaluation is checked first, once. Verified, it moves the split after the coarse draws: a block
+    that some locally evaluated draw changed is in the support already, so the split runs on the others only
+    (:func:`fast_finish`), and not at all where every candidate changed."""
     candidates, info = support_candidates(eng, search)
-    if search is not None and opts.crop and _full_frame_local(eng, opts):  # the radius search read the model
+    full_frame = search is not None and opts.crop and _full_frame_local(eng, opts)
+    if full_frame:
         frame, crop_info = crop_frame(eng, candidates, opts)
-        local, linfo = local_setup(eng, frame, np.flatnonzero(candidates), opts, tol)
+        info.update(crop_info)
+        local = _checked_local(eng, search, frame, candidates, opts, tol, info)
         if local is not None:
-            info.update(crop_info)
-            info["local_eval"] = linfo
             return FastState(eng, candidates, frame, local, info, search=search)
     if search is not None:
         ruled_out, kd = search.refine(info["support_radius_px"], budget=_kd_budget(coarse, int(candidates.sum()), opts),
@@ -110,14 +111,23 @@ def fast_prepare(eng: Engine, search: SupportSearch | None, coarse: int, tol: fl
         candidates &= ~ruled_out
         info["group_tests"] += kd["tests"]
         info["ruled_out_by_kd"] = kd["ruled_out"]
+    if full_frame:  # checked above, in this very frame
+        return FastState(eng, candidates, frame, None, info)
     frame, crop_info = crop_frame(eng, candidates, opts)
     info.update(crop_info)
+    return FastState(eng, candidates, frame, _checked_local(eng, search, frame, candidates, opts, tol, info), info)
+
+
+def _checked_local(eng: Engine, search: SupportSearch | None, frame: Frame, candidates: np.ndarray,
+                   opts: FastOptions, tol: float, info: dict[str, Any]):
+    """:func:`local_setup` for the candidates' draws in ``frame``, its summary written to ``info``; a check that
+    fails (or a plan refused) stops the traced reach."""
     local, info["local_eval"] = local_setup(eng, frame, np.flatnonzero(candidates), opts, tol)
     check = info["local_eval"]["check"]
     if search is not None and check.startswith(("failed", "unsupported")):
         search.disable_reach(f"local evaluation's check of the traced graph {check}")
         info["reach"] = search.reach_info
-    return FastState(eng, candidates, frame, local, info)
+    return local
 
 
 def fast_coarse(st: FastState, coarse: int, opts: FastOptions):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .capture import Refused
-from .geometry import EMPTY, Box, _area, _empty, _union
+from .geometry import Box, _area, _empty, _union
 from .plan import LocalPlan, build_plan
 
 
@@ -90,29 +90,27 @@ class FrameEvaluator:
         call = dcall if call is None else call
         order = sorted(range(len(blocks)), key=lambda g: (blocks[g][0], blocks[g][2]))
         groups: list[list[int]] = []
-        union: list[Box] = []
+        unions: list[list[Box]] = []  # per group, the union of its blocks' boxes: what it computes
         own = 0.0
         for g in order:
             comp, _ = self.schedule(blocks[g])
             work = self.work(comp) * contents[g].shape[0]
             if groups:
-                merged = [_union(a, c) for a, c in zip(union, comp)]
+                merged = [_union(a, c) for a, c in zip(unions[-1], comp)]
                 n = sum(contents[m].shape[0] for m in groups[-1]) + contents[g].shape[0]
                 saved = call * sum(1 for c in comp if not _empty(c))
                 if self.work(merged) * n <= (1.0 + slack) * (own + work) + saved:
                     groups[-1].append(g)
-                    union, own = merged, own + work
+                    unions[-1], own = merged, own + work
                     continue
             groups.append([g])
-            union, own = list(comp), work
+            unions.append(list(comp))
+            own = work
         self.last_groups = len(groups)
         out: list[torch.Tensor | None] = [None] * len(blocks)
         base_out: list[torch.Tensor | None] = [None] * len(blocks)
         dtype = self.base[0].dtype
-        for members in groups:
-            comp = [EMPTY] * len(self.plan.ops)
-            for g in members:
-                comp = [_union(a, c) for a, c in zip(comp, self.schedule(blocks[g])[0])]
+        for members, comp in zip(groups, unions):
             boxes, parts = [blocks[g] for g in members], [contents[g].to(dtype) for g in members]
             if bases:  # the unchanged input: the baseline's own pixels written at a member's block
                 b0, b1, c0, c1 = boxes[0]

@@ -168,12 +168,12 @@ class LocalPlan:
                 costs.append(0.0)
                 continue
             per_pixel = v.numel() / max(1, v.shape[-2] * v.shape[-1])
-            weight = None
             region = getattr(op.geo, "region", None)
             if region is not None:
                 held = sum(t.numel() for t in region.gm.parameters()) + sum(t.numel() for t in region.gm.buffers())
                 costs.append(max(per_pixel, float(held)))
                 continue
+            weight = None
             if op.conv_like:
                 n = op.node
                 if n.op == "call_module":
